@@ -1,0 +1,92 @@
+"""Lease tokens: minted by the controller, verified offline by the gpu_server.
+
+This is the one implementation both packages use. It is stdlib-only so the controller image, which has no
+speech dependencies, can import it.
+
+A token is ``v1.<payload>.<signature>`` where payload is base64url(JSON ``{"lid", "pod", "exp"}``) and
+signature is base64url(HMAC-SHA256(secret, "v1." + payload)). ``exp`` is Unix seconds. The secret is the
+pod's own (injected by the controller as ``GPU_SERVER_SECRET`` when the pod is created), so a token for one
+pod is worthless on another.
+
+Errors: ``TokenError`` and its subclasses ``TokenMalformed``, ``TokenForged``, ``TokenExpired``. Messages
+never contain the token or the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+
+VERSION = "v1"
+# Accept tokens up to this many seconds past ``exp``: covers clock skew between controller and pod.
+CLOCK_SKEW_S = 5.0
+
+
+class TokenError(Exception):
+    """A lease token was refused."""
+
+
+class TokenMalformed(TokenError):
+    pass
+
+
+class TokenForged(TokenError):
+    pass
+
+
+class TokenExpired(TokenError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    lease_id: str
+    pod_id: str
+    expires_at: float
+
+
+def _b64e(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: str, signed_part: str) -> str:
+    if not secret:
+        raise TokenError("no token secret is configured")
+    return _b64e(hmac.new(secret.encode(), signed_part.encode("ascii"), hashlib.sha256).digest())
+
+
+def issue_token(secret: str, lease_id: str, pod_id: str, expires_at: float) -> str:
+    payload = _b64e(
+        json.dumps({"lid": lease_id, "pod": pod_id, "exp": int(expires_at)}, separators=(",", ":")).encode()
+    )
+    signed_part = f"{VERSION}.{payload}"
+    return f"{signed_part}.{_sign(secret, signed_part)}"
+
+
+def verify_token(secret: str, token: str, now: float, pod_id: str | None = None) -> TokenClaims:
+    """Check signature, expiry and (when given) the pod; return the claims or raise a TokenError."""
+    if not token or len(token) > 2048:
+        raise TokenMalformed("missing or oversized token")
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != VERSION:
+        raise TokenMalformed("token is not a v1 lease token")
+    signed_part = f"{parts[0]}.{parts[1]}"
+    if not hmac.compare_digest(_sign(secret, signed_part), parts[2]):
+        raise TokenForged("token signature does not match")
+    try:
+        claims = json.loads(_b64d(parts[1]))
+        result = TokenClaims(str(claims["lid"]), str(claims["pod"]), float(claims["exp"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise TokenMalformed("token payload is not valid") from e
+    if now > result.expires_at + CLOCK_SKEW_S:
+        raise TokenExpired("token has expired")
+    if pod_id is not None and result.pod_id != pod_id:
+        raise TokenForged("token was issued for another pod")
+    return result

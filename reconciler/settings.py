@@ -1,0 +1,76 @@
+"""Process settings for the controller, read from ``HARPER_*`` environment variables (and flags).
+
+One ``Settings`` object is built in ``main()`` and passed down. Policy fields here are only the *defaults*
+written to a new database; after that the policy lives in the database and is changed through the admin
+API. Secrets are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .domain import Policy, Tuning
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HARPER_", extra="ignore")
+
+    runpod_api_key: SecretStr = SecretStr("")  # empty: local mode (an emulator on loopback)
+    runpod_api_url: str = ""  # base URL for the SDK (RUNPOD_API_BASE_URL); empty: RunPod itself
+    database_url: str = "sqlite+aiosqlite:///harper.db"
+    api_token: SecretStr = SecretStr("")  # companion scope (/v1/leases*); empty: generated and printed
+    admin_token: SecretStr = SecretStr("")  # admin scope (everything); empty: generated and printed
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""  # how clients reach this API, if not http://host:port
+    reconcile_interval_s: float = Field(5.0, gt=0)
+    gpu_image: str = "ghcr.io/harper-voice/gpu-server:latest"
+    cloud_type: str = "SECURE"
+    pod_volume_gb: int = 20
+    pod_container_disk_gb: int = 20
+    health_timeout_s: float = 2.0
+    provider_timeout_s: float = 30.0
+    log_level: str = "INFO"
+
+    # policy defaults for a new database
+    standby_count: int = 1
+    idle_ttl_s: float = 300.0
+    stopped_ttl_s: float = 900.0
+    sessions_per_pod: int = 1
+    max_pods: int = 10
+    gpu_types: str = "NVIDIA GeForce RTX 4090,NVIDIA L4,NVIDIA A40"
+    budget_usd_per_hour: float = 20.0
+
+    # loop mechanics (see domain.Tuning)
+    lease_ttl_s: float = 60.0
+    create_grace_s: float = 60.0
+    orphan_grace_s: float = 60.0
+    ready_timeout_s: float = 900.0
+    unhealthy_timeout_s: float = 60.0
+    stop_timeout_s: float = 120.0
+    resume_backoff_s: float = 120.0
+    out_of_stock_s: float = 180.0
+    pending_timeout_s: float = 900.0
+    max_provider_actions: int = 20
+    queue_limit: int = 1000
+
+    # local mode: the emulator the daemon starts when there is no RunPod key
+    local_runner: str = "process"
+    local_boot_s: float = 1.0
+    local_state_dir: str = ".local"
+
+    @property
+    def local_mode(self) -> bool:
+        return not self.runpod_api_key.get_secret_value()
+
+    def default_policy(self) -> Policy:
+        return Policy(
+            standby_count=self.standby_count, idle_ttl_s=self.idle_ttl_s, stopped_ttl_s=self.stopped_ttl_s,
+            sessions_per_pod=self.sessions_per_pod, max_pods=self.max_pods,
+            gpu_types=[t for t in self.gpu_types.split(",") if t.strip()],
+            budget_usd_per_hour=self.budget_usd_per_hour,
+        )
+
+    def tuning(self) -> Tuning:
+        return Tuning(**{name: getattr(self, name) for name in Tuning.model_fields})

@@ -1,0 +1,527 @@
+"""The state store: SQLModel tables on an async SQLAlchemy engine (SQLite in WAL mode by default).
+
+The schema is owned by the Alembic migrations under ``migrations/``; ``migrate()`` brings a database to
+head and the daemon calls it on start. Rows map to the pure records of ``domain`` here and nowhere else.
+
+Invariants the database itself enforces:
+- one pod slot is never held by two active leases (partial unique index ``ux_leases_active_slot``);
+- an idempotency key names one lease (unique index);
+- a RunPod pod id belongs to one record (unique index).
+Conditional updates (``... WHERE state = 'pending'``) make lease changes safe against the API and the
+reconcile loop acting at the same moment.
+
+Errors: ``StoreError`` (and ``SlotTaken`` for the slot invariant), chained from SQLAlchemy's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from sqlalchemy import Index, event, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import Field, SQLModel, col, select, update
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from .domain import (
+    ACTIVE_LEASE_STATES,
+    ClaimPath,
+    Lease,
+    LeaseState,
+    Pod,
+    PodPhase,
+    PodRole,
+    Policy,
+    check_lease_transition,
+    check_pod_transition,
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_ACTIVE_SQL = "state IN ('pending', 'ready') AND pod_id IS NOT NULL"
+
+
+class StoreError(Exception):
+    """The state store refused or failed an operation."""
+
+
+class SlotTaken(StoreError):
+    """Another active lease holds that pod slot."""
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+class PodRow(SQLModel, table=True):
+    __tablename__ = "pods"
+
+    id: str = Field(primary_key=True)
+    runpod_id: str | None = Field(default=None, unique=True)
+    role: str
+    phase: str = Field(index=True)
+    gpu_type: str
+    cost_per_hr: float = 0.0
+    secret: str
+    created_at: float
+    phase_since: float
+    cordoned: bool = False
+    was_ready: bool = False
+    ready_at: float | None = None
+    idle_since: float | None = None
+    unhealthy_since: float | None = None
+    backoff_until: float = 0.0
+    failures: int = 0
+    endpoint_host: str | None = None
+    endpoint_port: int | None = None
+    reason: str = ""
+
+
+class LeaseRow(SQLModel, table=True):
+    __tablename__ = "leases"
+    __table_args__ = (
+        Index(
+            "ux_leases_active_slot", "pod_id", "slot", unique=True,
+            sqlite_where=text(_ACTIVE_SQL), postgresql_where=text(_ACTIVE_SQL),
+        ),
+    )
+
+    id: str = Field(primary_key=True)
+    session_id: str = Field(index=True)
+    voice_id: str | None = None
+    language: str | None = None
+    state: str = Field(index=True)
+    pod_id: str | None = Field(default=None, index=True)
+    slot: int | None = None
+    path: str | None = None
+    idempotency_key: str = Field(unique=True)
+    request_hash: str
+    first_response: str = ""
+    created_at: float
+    expires_at: float
+    ready_at: float | None = None
+    ended_at: float | None = None
+    reason: str = ""
+
+
+class PolicyRow(SQLModel, table=True):
+    __tablename__ = "policy"
+
+    id: int = Field(default=1, primary_key=True)
+    body: str
+
+
+class GpuTypeRow(SQLModel, table=True):
+    __tablename__ = "gpu_types"
+
+    gpu_type: str = Field(primary_key=True)
+    price_per_hr: float = 0.0
+    unavailable_until: float = 0.0
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    time: float = Field(index=True)
+    object: str
+    reason: str
+    message: str
+
+
+class SpendRow(SQLModel, table=True):
+    __tablename__ = "spend"
+
+    key: str = Field(primary_key=True)  # "gpu:<pod id>" | "storage:<pod id>"
+    usd: float = 0.0
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------ conversions
+
+
+def pod_from_row(row: PodRow) -> Pod:
+    return Pod(
+        id=row.id, role=PodRole(row.role), phase=PodPhase(row.phase), gpu_type=row.gpu_type,
+        created_at=row.created_at, phase_since=row.phase_since, runpod_id=row.runpod_id,
+        cost_per_hr=row.cost_per_hr, cordoned=row.cordoned, was_ready=row.was_ready, ready_at=row.ready_at,
+        idle_since=row.idle_since, unhealthy_since=row.unhealthy_since, backoff_until=row.backoff_until,
+        failures=row.failures, endpoint_host=row.endpoint_host, endpoint_port=row.endpoint_port,
+        reason=row.reason,
+    )
+
+
+def lease_from_row(row: LeaseRow) -> Lease:
+    return Lease(
+        id=row.id, session_id=row.session_id, state=LeaseState(row.state), created_at=row.created_at,
+        expires_at=row.expires_at, pod_id=row.pod_id, slot=row.slot,
+        path=ClaimPath(row.path) if row.path else None, ready_at=row.ready_at, reason=row.reason,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- store
+
+
+def sync_url(url: str) -> str:
+    """The synchronous driver URL Alembic uses for an async URL."""
+    return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+
+
+def migrate(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema (blocking; run it in a thread from async code)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url)
+        if url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def session(self) -> AsyncSession:
+        return AsyncSession(self.engine, expire_on_commit=False)
+
+    # -- policy and GPU types
+    async def get_policy(self, default: Policy) -> Policy:
+        async with self.session() as s:
+            row = await s.get(PolicyRow, 1)
+            if row is None:
+                s.add(PolicyRow(id=1, body=default.model_dump_json()))
+                await s.commit()
+                return default
+            return Policy.model_validate_json(row.body)
+
+    async def set_policy(self, policy: Policy) -> None:
+        async with self.session() as s:
+            row = await s.get(PolicyRow, 1) or PolicyRow(id=1, body="")
+            row.body = policy.model_dump_json()
+            s.add(row)
+            await s.commit()
+
+    async def gpu_types(self) -> list[GpuTypeRow]:
+        async with self.session() as s:
+            return list((await s.exec(select(GpuTypeRow))).all())
+
+    async def set_gpu_type(self, gpu_type: str, **values: float) -> None:
+        async with self.session() as s:
+            row = await s.get(GpuTypeRow, gpu_type) or GpuTypeRow(gpu_type=gpu_type)
+            for key, value in values.items():
+                setattr(row, key, value)
+            s.add(row)
+            await s.commit()
+
+    # -- pods
+    async def live_pods(self) -> list[PodRow]:
+        """Every record that may still have a pod at RunPod (all but terminated)."""
+        async with self.session() as s:
+            query = select(PodRow).where(col(PodRow.phase) != PodPhase.TERMINATED.value)
+            return list((await s.exec(query)).all())
+
+    async def all_pods(self) -> list[PodRow]:
+        async with self.session() as s:
+            return list((await s.exec(select(PodRow).order_by(col(PodRow.created_at)))).all())
+
+    async def get_pod(self, pod_id: str) -> PodRow | None:
+        async with self.session() as s:
+            return await s.get(PodRow, pod_id)
+
+    async def add_pod(self, row: PodRow, lease_id: str | None = None, now: float = 0.0) -> None:
+        """Write a create intent (before the create call), putting ``lease_id`` on its slot 0 if given."""
+        async with self.session() as s:
+            s.add(row)
+            await s.flush()
+            if lease_id is not None:
+                await self._assign(s, lease_id, row.id, 0, ClaimPath.COLD_CREATE, ready=False, now=now)
+            await self._commit(s)
+
+    async def update_pod(self, pod_id: str, changes: Iterable[tuple[str, object]]) -> PodRow | None:
+        async with self.session() as s:
+            row = await s.get(PodRow, pod_id)
+            if row is None:
+                return None
+            for field, value in changes:
+                if field == "phase":
+                    check_pod_transition(PodPhase(row.phase), PodPhase(value))
+                setattr(row, field, value.value if isinstance(value, PodRole | PodPhase) else value)
+            s.add(row)
+            await s.commit()
+            return row
+
+    async def begin_resume(self, pod_id: str, lease_id: str | None, now: float) -> bool:
+        """Mark a stopped pod as starting (and put the lease on it) in one transaction; False if it moved."""
+        async with self.session() as s:
+            result = await s.exec(
+                update(PodRow)
+                .where(col(PodRow.id) == pod_id, col(PodRow.phase) == PodPhase.STOPPED.value)
+                .values(phase=PodPhase.STARTING.value, phase_since=now, role=PodRole.SERVING.value)
+            )
+            if result.rowcount != 1:
+                return False
+            if lease_id is not None:
+                await self._assign(s, lease_id, pod_id, 0, ClaimPath.STANDBY_RESUME, ready=False, now=now)
+            await self._commit(s)
+            return True
+
+    async def begin_stop(self, pod_id: str, now: float, make_standby: bool, force: bool = False) -> bool:
+        """Mark a pod as stopping unless a lease holds it (checked in the same statement) or ``force``."""
+        async with self.session() as s:
+            query = update(PodRow).where(
+                col(PodRow.id) == pod_id,
+                col(PodRow.phase).in_([PodPhase.READY.value, PodPhase.STARTING.value, PodPhase.STOPPING.value]),
+            )
+            if not force:
+                query = query.where(
+                    text(
+                        "NOT EXISTS (SELECT 1 FROM leases WHERE leases.pod_id = pods.id "
+                        "AND leases.state IN ('pending', 'ready'))"
+                    )
+                )
+            values: dict[str, object] = {"phase": PodPhase.STOPPING.value, "phase_since": now}
+            if make_standby:
+                values["role"] = PodRole.STANDBY.value
+            result = await s.exec(query.values(**values))
+            await s.commit()
+            return result.rowcount == 1
+
+    # -- leases
+    async def active_leases(self) -> list[LeaseRow]:
+        async with self.session() as s:
+            query = select(LeaseRow).where(col(LeaseRow.state).in_([st.value for st in ACTIVE_LEASE_STATES]))
+            return list((await s.exec(query)).all())
+
+    async def get_lease(self, lease_id: str) -> LeaseRow | None:
+        async with self.session() as s:
+            return await s.get(LeaseRow, lease_id)
+
+    async def lease_by_key(self, key: str) -> LeaseRow | None:
+        async with self.session() as s:
+            return (await s.exec(select(LeaseRow).where(col(LeaseRow.idempotency_key) == key))).first()
+
+    async def list_leases(self, state: str | None = None, limit: int = 1000) -> list[LeaseRow]:
+        async with self.session() as s:
+            query = select(LeaseRow).order_by(col(LeaseRow.created_at).desc()).limit(limit)
+            if state:
+                query = query.where(col(LeaseRow.state) == state)
+            return list((await s.exec(query)).all())
+
+    async def leases_on(self, pod_ids: list[str]) -> list[LeaseRow]:
+        async with self.session() as s:
+            query = select(LeaseRow).where(
+                col(LeaseRow.pod_id).in_(pod_ids),
+                col(LeaseRow.state).in_([st.value for st in ACTIVE_LEASE_STATES]),
+            )
+            return list((await s.exec(query)).all())
+
+    async def add_lease(self, row: LeaseRow) -> LeaseRow:
+        """Insert a new lease; if its idempotency key exists already, return that lease instead."""
+        async with self.session() as s:
+            s.add(row)
+            try:
+                await s.commit()
+                return row
+            except IntegrityError:
+                await s.rollback()
+        existing = await self.lease_by_key(row.idempotency_key)
+        if existing is None:
+            raise StoreError("lease could not be stored")
+        return existing
+
+    async def set_first_response(self, lease_id: str, body: str) -> None:
+        async with self.session() as s:
+            await s.exec(
+                update(LeaseRow).where(col(LeaseRow.id) == lease_id, col(LeaseRow.first_response) == "")
+                .values(first_response=body)
+            )
+            await s.commit()
+
+    async def queue_position(self, lease: LeaseRow) -> int:
+        async with self.session() as s:
+            result = await s.exec(
+                text(
+                    "SELECT COUNT(*) FROM leases WHERE state = 'pending' AND pod_id IS NULL "
+                    "AND (created_at < :t OR (created_at = :t AND id <= :id))"
+                ).bindparams(t=lease.created_at, id=lease.id)
+            )
+            return int(result.scalar_one())
+
+    async def queue_length(self) -> int:
+        async with self.session() as s:
+            result = await s.exec(text("SELECT COUNT(*) FROM leases WHERE state = 'pending' AND pod_id IS NULL"))
+            return int(result.scalar_one())
+
+    async def lease_counts(self) -> dict[str, int]:
+        async with self.session() as s:
+            rows = (await s.exec(text("SELECT state, COUNT(*) FROM leases GROUP BY state"))).all()
+            return {state: count for state, count in rows}
+
+    async def assign_lease(
+        self, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float,
+        require_ready_pod: bool = False,
+    ) -> bool:
+        """Put a pending lease on a pod slot. With ``require_ready_pod`` the pod must be Ready, healthy and
+        uncordoned at the moment of the write (one statement), so a concurrent stop cannot slip between."""
+        async with self.session() as s:
+            ok = await self._assign(s, lease_id, pod_id, slot, path, ready, now, require_ready_pod)
+            await self._commit(s)
+            return ok
+
+    async def _assign(
+        self, s: AsyncSession, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool,
+        now: float, require_ready_pod: bool = False,
+    ) -> bool:
+        values: dict[str, object] = {"pod_id": pod_id, "slot": slot, "path": path.value}
+        if ready:
+            values |= {"state": LeaseState.READY.value, "ready_at": now}
+        query = update(LeaseRow).where(
+            col(LeaseRow.id) == lease_id, col(LeaseRow.state) == LeaseState.PENDING.value,
+            col(LeaseRow.pod_id).is_(None),
+        )
+        if require_ready_pod:
+            query = query.where(
+                text(
+                    "EXISTS (SELECT 1 FROM pods WHERE pods.id = :ready_pod AND pods.phase = 'ready' "
+                    "AND NOT pods.cordoned AND pods.unhealthy_since IS NULL)"
+                ).bindparams(ready_pod=pod_id)
+            )
+        result = await s.exec(query.values(**values))
+        return result.rowcount == 1
+
+    async def warm_candidates(self, sessions_per_pod: int, limit: int = 8) -> list[tuple[str, list[int]]]:
+        """Ready pods with a free slot, busiest first (bin-packing), with the slots in use on each."""
+        async with self.session() as s:
+            rows = (
+                await s.exec(
+                    text(
+                        "SELECT p.id, (SELECT group_concat(l.slot) FROM leases l WHERE l.pod_id = p.id "
+                        "AND l.state IN ('pending', 'ready')) AS used FROM pods p "
+                        "WHERE p.phase = 'ready' AND NOT p.cordoned AND p.unhealthy_since IS NULL"
+                    )
+                )
+            ).all()
+        found = []
+        for pod_id, used in rows:
+            slots = [int(x) for x in used.split(",")] if used else []
+            if len(slots) < sessions_per_pod:
+                found.append((pod_id, slots))
+        found.sort(key=lambda item: -len(item[1]))
+        return found[:limit]
+
+    async def grant_lease(self, lease_id: str, now: float) -> bool:
+        async with self.session() as s:
+            result = await s.exec(
+                update(LeaseRow)
+                .where(col(LeaseRow.id) == lease_id, col(LeaseRow.state) == LeaseState.PENDING.value,
+                       col(LeaseRow.pod_id).is_not(None))
+                .values(state=LeaseState.READY.value, ready_at=now)
+            )
+            await s.commit()
+            return result.rowcount == 1
+
+    async def requeue_lease(self, lease_id: str, reason: str) -> bool:
+        async with self.session() as s:
+            result = await s.exec(
+                update(LeaseRow)
+                .where(col(LeaseRow.id) == lease_id, col(LeaseRow.state) == LeaseState.PENDING.value)
+                .values(pod_id=None, slot=None, path=None, reason=reason)
+            )
+            await s.commit()
+            return result.rowcount == 1
+
+    async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> LeaseRow | None:
+        """Move an active lease to a final state; returns the row as it now is (None if unknown)."""
+        async with self.session() as s:
+            row = await s.get(LeaseRow, lease_id)
+            if row is None:
+                return None
+            if LeaseState(row.state) in ACTIVE_LEASE_STATES:
+                check_lease_transition(LeaseState(row.state), state)
+                row.state, row.reason, row.ended_at = state.value, reason, now
+                s.add(row)
+                await s.commit()
+            return row
+
+    async def heartbeat(self, lease_id: str, expires_at: float, now: float) -> LeaseRow | None:
+        async with self.session() as s:
+            await s.exec(
+                update(LeaseRow)
+                .where(col(LeaseRow.id) == lease_id,
+                       col(LeaseRow.state).in_([st.value for st in ACTIVE_LEASE_STATES]),
+                       col(LeaseRow.expires_at) > now)
+                .values(expires_at=expires_at)
+            )
+            await s.commit()
+            return await s.get(LeaseRow, lease_id, populate_existing=True)
+
+    async def _commit(self, s: AsyncSession) -> None:
+        try:
+            await s.commit()
+        except IntegrityError as e:
+            await s.rollback()
+            if "ux_leases_active_slot" in str(e) or "leases.pod_id, leases.slot" in str(e):
+                raise SlotTaken("that pod slot is held by another active lease") from e
+            raise StoreError("the state store refused the change") from e
+
+    # -- events and spend
+    async def add_events(self, events: list[tuple[float, str, str, str]], keep: int = 5000) -> None:
+        if not events:
+            return
+        async with self.session() as s:
+            for time, obj, reason, message in events:
+                s.add(EventRow(time=time, object=obj, reason=reason, message=message[:1000]))
+            await s.commit()
+            await s.exec(
+                text("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - :keep").bindparams(keep=keep)
+            )
+            await s.commit()
+
+    async def events(self, limit: int = 200, obj: str | None = None) -> list[EventRow]:
+        async with self.session() as s:
+            query = select(EventRow).order_by(col(EventRow.id).desc()).limit(limit)
+            if obj:
+                query = query.where(col(EventRow.object) == obj)
+            return list((await s.exec(query)).all())
+
+    async def add_spend(self, amounts: dict[str, tuple[float, float]]) -> None:
+        """Add ``{key: (usd, seconds)}`` to the running totals."""
+        if not amounts:
+            return
+        async with self.session() as s:
+            for key, (usd, seconds) in amounts.items():
+                row = await s.get(SpendRow, key) or SpendRow(key=key)
+                row.usd += usd
+                row.seconds += seconds
+                s.add(row)
+            await s.commit()
+
+    async def spend(self) -> list[SpendRow]:
+        async with self.session() as s:
+            return list((await s.exec(select(SpendRow))).all())
+
+    async def raw(self, sql: str, **params: object) -> list[tuple]:
+        """Read-only SQL for tests and diagnostics."""
+        async with self.session() as s:
+            return [tuple(r) for r in (await s.exec(text(sql).bindparams(**params))).all()]
+
+
+def dumps(body: object) -> str:
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,130 @@
+"""The admin API under ``/_admin``: inspect the fleet and the bill, inject faults, play the other tenants.
+
+Not part of RunPod; it exists for tests and demos. Auth: open when the emulator has no ``--api-key``;
+otherwise the same key as GraphQL (``Authorization: Bearer`` or ``?api_key=``), or 401.
+
+    GET    /_admin/pods                      every pod, terminated ones included
+    GET    /_admin/bill                      {"total_usd", "gpu_usd", "storage_usd", "by_pod": {...}}
+    GET    /_admin/faults                    armed fault rules
+    POST   /_admin/faults                    arm one (body: faults.FaultRule); 422 on a bad body
+    DELETE /_admin/faults                    disarm all
+    GET    /_admin/machines                  machines, their GPUs and who holds them
+    POST   /_admin/machines/{id}/fill        other tenants take every free GPU there
+    POST   /_admin/machines/{id}/free        other tenants give theirs back
+    POST   /_admin/reset                     pods, machines, faults and ledger back to the start
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from runpod_emulator.auth import admin_key_ok
+from runpod_emulator.emulator import Emulator
+from runpod_emulator.faults import FaultRule
+from runpod_emulator.fleet import Machine, Pod, PodState
+from runpod_emulator.runner import service_port
+
+
+def _emulator(request: Request) -> Emulator:
+    emulator: Emulator = request.app.state.emulator
+    if not admin_key_ok(request, emulator.settings):
+        raise HTTPException(status_code=401, detail="Unauthorized")
+    return emulator
+
+
+EmulatorDep = Annotated[Emulator, Depends(_emulator)]
+router = APIRouter(prefix="/_admin", tags=["admin"])
+
+
+def pod_admin_view(pod: Pod, emulator: Emulator) -> dict[str, Any]:
+    private = service_port(pod.ports)
+    public = pod.public_ports.get(private) if private is not None else None
+    runner = emulator.runner.describe(pod.id)
+    return {
+        "id": pod.id,
+        "name": pod.spec.name,
+        "state": pod.state,
+        "desired_status": pod.desired_status,
+        "machine_id": pod.machine_id,
+        "gpu_type_id": pod.gpu_type.id,
+        "gpu_count": pod.gpu_count,
+        "cloud_type": pod.spec.cloud,
+        "cost_per_hr": pod.cost_per_hr,
+        "created_at": pod.created_at,
+        "booted": pod.state is PodState.RUNNING,
+        "booted_at": pod.booted_at,
+        "serving": runner["serving"],
+        "ready": runner["ready"],
+        "public_ports": {str(k): v for k, v in pod.public_ports.items()},
+        "endpoint": f"http://{emulator.settings.pod_host}:{public}" if public else None,
+        "runner": {"kind": emulator.runner.kind, **runner},
+    }
+
+
+def machine_view(machine: Machine) -> dict[str, Any]:
+    return {
+        "id": machine.id,
+        "gpu_type_id": machine.gpu_type.id,
+        "gpus": machine.gpus,
+        "free": machine.free,
+        "tenant_gpus": machine.tenant_gpus,
+        "pods": dict(machine.pod_gpus),
+    }
+
+
+@router.get("/pods")
+async def list_pods(emulator: EmulatorDep) -> list[dict[str, Any]]:
+    await emulator.tick()
+    return [pod_admin_view(p, emulator) for p in emulator.fleet.pods.values()]
+
+
+@router.get("/bill")
+async def bill(emulator: EmulatorDep) -> dict[str, Any]:
+    return emulator.bill().as_json()
+
+
+@router.get("/faults")
+async def list_faults(emulator: EmulatorDep) -> dict[str, Any]:
+    return {"faults": emulator.faults.as_json()}
+
+
+@router.post("/faults", status_code=201)
+async def add_fault(rule: FaultRule, emulator: EmulatorDep) -> dict[str, Any]:
+    emulator.faults.add(rule)
+    return {"faults": emulator.faults.as_json()}
+
+
+@router.delete("/faults")
+async def clear_faults(emulator: EmulatorDep) -> dict[str, Any]:
+    emulator.faults.clear()
+    return {"faults": []}
+
+
+@router.get("/machines")
+async def list_machines(emulator: EmulatorDep) -> list[dict[str, Any]]:
+    return [machine_view(m) for m in emulator.fleet.machines.values()]
+
+
+def _known_machine(emulator: Emulator, machine_id: str) -> None:
+    if machine_id not in emulator.fleet.machines:
+        raise HTTPException(status_code=404, detail=f"no machine {machine_id!r}")
+
+
+@router.post("/machines/{machine_id}/fill")
+async def fill_machine(machine_id: str, emulator: EmulatorDep) -> dict[str, Any]:
+    _known_machine(emulator, machine_id)
+    return machine_view(await emulator.fill_machine(machine_id))
+
+
+@router.post("/machines/{machine_id}/free")
+async def free_machine(machine_id: str, emulator: EmulatorDep) -> dict[str, Any]:
+    _known_machine(emulator, machine_id)
+    return machine_view(await emulator.free_machine(machine_id))
+
+
+@router.post("/reset")
+async def reset(emulator: EmulatorDep) -> dict[str, Any]:
+    await emulator.reset()
+    return {"ok": True}

@@ -1,0 +1,67 @@
+"""``create_app(settings, clock)``: the FastAPI app, whose lifespan owns the emulator and its runner.
+
+The lifespan builds the pod runner and the ``Emulator`` (so nothing is created at import time), starts the
+named boot-watcher task, and on shutdown cancels it and stops every pod (processes included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from runpod_emulator import admin, schema
+from runpod_emulator.clock import Clock, SystemClock
+from runpod_emulator.emulator import Emulator, make_runner
+from runpod_emulator.graphql_api import handle_graphql
+from runpod_emulator.settings import EmulatorSettings
+
+log = logging.getLogger("runpod_emulator")
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+
+def create_app(settings: EmulatorSettings | None = None, clock: Clock | None = None) -> FastAPI:
+    settings = settings or EmulatorSettings()
+    clock = clock or SystemClock()
+    graphql_schema = schema.build()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        emulator = Emulator(settings, clock, make_runner(settings, clock))
+        app.state.emulator = emulator
+        watcher = asyncio.create_task(emulator.run_boot_watcher(), name="runpod-emulator-boot-watcher")
+        watcher.add_done_callback(_log_failure)
+        log.info(
+            "runpod emulator ready: %s runner, boot %.1fs, %d machines",
+            settings.runner,
+            settings.boot_seconds,
+            len(emulator.fleet.machines),
+        )
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await emulator.aclose()
+            log.info("runpod emulator stopped; every pod runner is down")
+
+    app = FastAPI(title="RunPod emulator", lifespan=lifespan)
+
+    @app.post("/graphql", include_in_schema=False)
+    async def graphql_endpoint(request: Request) -> Response:
+        return await handle_graphql(request, graphql_schema)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(admin.router)
+    return app

@@ -1,0 +1,148 @@
+"""``POST /graphql``: auth, parsing, fault injection and RunPod's error conventions around the schema.
+
+Status codes, as RunPod answers them (reference sections 1.3 and 2.9):
+    401  missing or wrong API key (the SDK raises ``AuthenticationError``)
+    400  a query that does not parse or validate, or variables of the wrong type, with ``errors``
+    200  everything else, business failures included: ``{"errors": [{"message", "path",
+         "extensions": {"code": "RUNPOD"}}], "data": {"<field>": null}}``
+    500  the ``internal`` fault: "Something went wrong..." with code INTERNAL_SERVER_ERROR
+    429  the ``rate_limit`` fault, with ``Retry-After: 1``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    execute,
+    parse,
+    validate,
+)
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from runpod_emulator.auth import UNAUTHORIZED_BODY, graphql_key_ok
+from runpod_emulator.emulator import Emulator
+from runpod_emulator.faults import FaultKind, Hit
+from runpod_emulator.fleet import NO_INSTANCES, NOT_ENOUGH_FREE_GPUS, FleetError
+
+log = logging.getLogger("runpod_emulator")
+
+INTERNAL_ERROR = "Something went wrong. Please try again later or contact support."
+RATE_LIMITED = "Too Many Requests: rate limit exceeded, retry after 1 seconds"
+
+
+def _error(message: str, code: str, path: list[str | int] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"message": message}
+    if path is not None:
+        body["path"] = path
+    body["extensions"] = {"code": code}
+    return body
+
+
+def _bad_request(errors: list[GraphQLError], code: str) -> JSONResponse:
+    return JSONResponse({"errors": [{**e.formatted, "extensions": {"code": code}} for e in errors]}, status_code=400)
+
+
+def _root_fields(document: DocumentNode, operation_name: str | None) -> list[str]:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [o for o in operations if o.name is not None and o.name.value == operation_name]
+    if not operations:
+        return []
+    return [
+        s.name.value
+        for s in operations[0].selection_set.selections
+        if isinstance(s, FieldNode) and not s.name.value.startswith("__")
+    ]
+
+
+def _format_result(result: ExecutionResult) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if result.errors:
+        errors = []
+        for err in result.errors:
+            if isinstance(err.original_error, FleetError):
+                errors.append(_error(err.message, "RUNPOD", list(err.path or [])))
+            else:
+                log.error("resolver failed: %s", err, exc_info=err.original_error)
+                errors.append(_error(INTERNAL_ERROR, "INTERNAL_SERVER_ERROR", list(err.path or [])))
+        body["errors"] = errors
+    body["data"] = result.data
+    return body
+
+
+def _fault_response(hit: Hit) -> Response:
+    """The answer for a fault that stops the call before anything happens."""
+    kind, field = hit.rule.kind, hit.field
+    if kind is FaultKind.AUTH:
+        return JSONResponse(UNAUTHORIZED_BODY, status_code=401)
+    if kind is FaultKind.RATE_LIMIT:
+        return JSONResponse(
+            {"errors": [_error(RATE_LIMITED, "RATE_LIMITED")]}, status_code=429, headers={"Retry-After": "1"}
+        )
+    if kind is FaultKind.INTERNAL:
+        return _internal_response(field)
+    message = NOT_ENOUGH_FREE_GPUS if kind is FaultKind.HOST_GPU_BUSY else NO_INSTANCES
+    return JSONResponse({"errors": [_error(message, "RUNPOD", [field])], "data": {field: None}})
+
+
+def _internal_response(field: str) -> JSONResponse:
+    return JSONResponse(
+        {"errors": [_error(INTERNAL_ERROR, "INTERNAL_SERVER_ERROR", [field])], "data": {field: None}}, status_code=500
+    )
+
+
+async def handle_graphql(request: Request, schema: GraphQLSchema) -> Response:
+    emulator: Emulator = request.app.state.emulator
+    if not graphql_key_ok(request, emulator.settings):
+        return JSONResponse(UNAUTHORIZED_BODY, status_code=401)
+    try:
+        body = await request.json()
+        query, variables = body["query"], body.get("variables")
+        operation_name = body.get("operationName")
+        if not isinstance(query, str) or not isinstance(variables, dict | None):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        message = 'The body must be JSON: {"query": string, "variables"?: object, "operationName"?: string}.'
+        return JSONResponse({"errors": [_error(message, "BAD_REQUEST")]}, status_code=400)
+
+    try:
+        document = parse(query)
+    except GraphQLError as e:
+        return _bad_request([e], "GRAPHQL_PARSE_FAILED")
+    if errors := validate(schema, document):
+        return _bad_request(errors, "GRAPHQL_VALIDATION_FAILED")
+
+    await emulator.tick()
+    hit = emulator.faults.draw(_root_fields(document, operation_name))
+    if hit is not None:
+        log.warning(
+            "fault injected: %s on %s%s",
+            hit.rule.kind,
+            hit.field,
+            " (operation applied)" if hit.rule.applies_operation else "",
+        )
+        if not hit.rule.applies_operation:
+            return _fault_response(hit)
+
+    result = execute(schema, document, context_value=emulator, variable_values=variables, operation_name=operation_name)
+    if inspect.isawaitable(result):
+        result = await result
+    if result.data is None and result.errors:  # variable coercion failed: nothing ran
+        return _bad_request(list(result.errors), "BAD_USER_INPUT")
+
+    if hit is not None and hit.rule.kind is FaultKind.INTERNAL:
+        return _internal_response(hit.field)  # RunPod can fail a call that did happen
+    if hit is not None and hit.rule.kind is FaultKind.TIMEOUT:
+        await asyncio.sleep(hit.rule.delay)  # a client that gives up first never learns it succeeded
+    return JSONResponse(_format_result(result))

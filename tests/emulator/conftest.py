@@ -1,0 +1,67 @@
+"""Fixtures: a real emulator on a loopback port, and the runpod SDK pointed at it.
+
+``start_emulator`` runs the server on its own thread, because the SDK is synchronous; async tests that
+need the server in their own loop use ``EmulatorServer`` directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import runpod
+
+from runpod_emulator.clock import Clock
+from runpod_emulator.server import EmulatorServer
+from runpod_emulator.settings import EmulatorSettings
+
+API_KEY = "test-key"
+RTX_4090 = "NVIDIA GeForce RTX 4090"
+
+
+def make_settings(**overrides: Any) -> EmulatorSettings:
+    defaults: dict[str, Any] = {"port": 0, "boot_seconds": 0, "load_seconds": 0, "seed": 7,
+                                "machines_per_type": 2, "gpus_per_machine": 4}
+    return EmulatorSettings(**{**defaults, **overrides})
+
+
+StartEmulator = Callable[..., EmulatorServer]
+
+
+@pytest.fixture
+def start_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[StartEmulator]:
+    servers: list[EmulatorServer] = []
+
+    def start(clock: Clock | None = None, **overrides: Any) -> EmulatorServer:
+        server = EmulatorServer(make_settings(**overrides), clock).start_in_thread()
+        servers.append(server)
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", server.url)
+        monkeypatch.setattr(runpod, "api_key", API_KEY)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop_in_thread()
+
+
+@pytest.fixture
+def emulator(start_emulator: StartEmulator) -> EmulatorServer:
+    return start_emulator()
+
+
+def admin(server: EmulatorServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    return httpx.request(method, f"{server.url}/_admin{path}", headers=headers, timeout=10, **kwargs)
+
+
+def graphql(server: EmulatorServer, query: str, variables: dict[str, Any] | None = None,
+            key: str | None = API_KEY, timeout: float = 10) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{server.url}/graphql", json={"query": query, "variables": variables},
+                      headers=headers, timeout=timeout)
+
+
+def admin_pod(server: EmulatorServer, pod_id: str) -> dict[str, Any]:
+    return next(p for p in admin(server, "GET", "/pods").json() if p["id"] == pod_id)

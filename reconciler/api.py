@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpu_server.auth import issue_token
 
-from .domain import ACTIVE_LEASE_STATES, ClaimPath, LeaseState, PodPhase, Policy
+from .domain import ACTIVE_LEASE_STATES, ClaimPath, LeaseState, PodPhase, PodRole, Policy
 from .loop import Controller
 from .provider import HostGpuBusy, NotFound, ProviderError
 from .store import LeaseRow, PodRow, SlotTaken, dumps
@@ -369,8 +369,9 @@ async def _override(ctl: Controller, row: PodRow, op: str, now: float, held: lis
             if row.phase != PodPhase.STOPPED.value:
                 raise ApiError(409, "conflict", f"pod {row.id} is {row.phase}, not stopped")
             await ctl.provider.resume_pod(row.runpod_id)
+            # A pod an admin starts serves (and stops after the idle TTL) rather than being parked at once.
             await ctl.store.update_pod(row.id, [("phase", PodPhase.STARTING), ("phase_since", now),
-                                                ("backoff_until", 0.0)])
+                                                ("role", PodRole.SERVING), ("backoff_until", 0.0)])
 
 
 @admin.get("/policy")

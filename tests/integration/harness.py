@@ -1,0 +1,136 @@
+"""Real servers on loopback for integration tests: the RunPod emulator and the controller, each on uvicorn
+in the test's event loop, talking real HTTP (the controller through the official runpod SDK)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import uvicorn
+
+from reconciler.app import create_app
+from reconciler.settings import Settings
+
+COMPANION = "companion-token-for-tests"
+ADMIN = "admin-token-for-tests"
+EMULATOR_KEY = "emulator-key-for-tests"
+GPU_A, GPU_B = "NVIDIA GeForce RTX 4090", "NVIDIA L4"
+
+
+class _Guest(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the test runner owns signals
+        yield
+
+
+class ControllerServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                                log_config=None, access_log=False)
+        self._server = _Guest(config)
+        self._task: asyncio.Task | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                raise RuntimeError("controller failed to start") from self._task.exception()
+            await asyncio.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 15)
+
+    @property
+    def controller(self):
+        return self.app.state.controller
+
+
+def controller_settings(emulator_url: str, db_path: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        runpod_api_key=EMULATOR_KEY, runpod_api_url=emulator_url,
+        database_url=f"sqlite+aiosqlite:///{db_path}", api_token=COMPANION, admin_token=ADMIN,
+        reconcile_interval_s=0.25, gpu_types=f"{GPU_A},{GPU_B}", standby_count=1, idle_ttl_s=1.0,
+        stopped_ttl_s=600.0, lease_ttl_s=30.0, health_timeout_s=1.0, provider_timeout_s=5.0,
+        create_grace_s=5.0, orphan_grace_s=1.0, resume_backoff_s=30.0, out_of_stock_s=60.0,
+        max_pods=10, budget_usd_per_hour=20.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, every: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+class Api:
+    """The controller's REST API as the tests call it."""
+
+    def __init__(self, url: str, token: str = COMPANION) -> None:
+        self.http = httpx.AsyncClient(base_url=url, timeout=30.0)
+        self.token = token
+
+    def h(self, token: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}", **extra}
+
+    async def lease(self, session_id: str, key: str | None = None, **body: Any) -> httpx.Response:
+        headers = self.h(**({"Idempotency-Key": key} if key else {}))
+        return await self.http.post("/v1/leases", json={"session_id": session_id, **body}, headers=headers)
+
+    async def get(self, path: str, token: str | None = None, **params: Any) -> httpx.Response:
+        return await self.http.get(path, headers=self.h(token), params=params)
+
+    async def post(self, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
+        return await self.http.post(path, headers=self.h(token), **kw)
+
+    async def pods(self) -> list[dict]:
+        return (await self.get("/v1/pods", ADMIN)).json()["pods"]
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+class EmulatorAdmin:
+    def __init__(self, url: str) -> None:
+        self.http = httpx.AsyncClient(base_url=url, timeout=30.0,
+                                      headers={"Authorization": f"Bearer {EMULATOR_KEY}"})
+
+    async def pods(self) -> list[dict]:
+        return (await self.http.get("/_admin/pods")).json()
+
+    async def live(self, prefix: str = "harper-") -> list[dict]:
+        return [p for p in await self.pods() if p["state"] != "TERMINATED" and p["name"].startswith(prefix)]
+
+    async def fault(self, **rule: Any) -> None:
+        response = await self.http.post("/_admin/faults", json=rule)
+        assert response.status_code == 201, response.text
+
+    async def fill(self, machine_id: str) -> None:
+        assert (await self.http.post(f"/_admin/machines/{machine_id}/fill")).status_code == 200
+
+    async def machines(self) -> list[dict]:
+        return (await self.http.get("/_admin/machines")).json()
+
+    async def bill(self) -> dict:
+        return (await self.http.get("/_admin/bill")).json()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

@@ -1,0 +1,181 @@
+"""The controller's REST API: auth scopes, idempotency, bad input, admin overrides, cost and metrics."""
+
+import pytest
+
+from gpu_server.auth import verify_token
+
+from .harness import ADMIN, COMPANION, Api, until
+from .test_controller_lifecycle import standby_parked
+
+
+async def test_auth_scopes(stack):
+    server, api, emu = stack
+    anonymous = await api.http.post("/v1/leases", json={"session_id": "x"})
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
+    forged = await api.http.post("/v1/leases", json={"session_id": "x"}, headers={"Authorization": "Bearer nope"})
+    assert forged.status_code == 401
+    assert "nope" not in forged.text
+    for path in ("/v1/pods", "/v1/policy", "/v1/events", "/v1/cost", "/v1/leases"):
+        response = await api.get(path, COMPANION)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden", path
+        assert (await api.get(path, ADMIN)).status_code == 200, path
+    assert (await api.post("/v1/reconcile", COMPANION)).status_code == 403
+    for path in ("/healthz", "/metrics", "/openapi.json"):
+        assert (await api.http.get(path)).status_code == 200, path
+    metrics = (await api.http.get("/metrics")).text
+    assert COMPANION not in metrics and ADMIN not in metrics
+
+
+async def test_idempotency_key_replays_the_first_response(stack):
+    server, api, emu = stack
+    first = await api.lease("sess", key="k-1")
+    replay = await api.lease("sess", key="k-1")
+    assert first.status_code == 201 and replay.status_code == 200
+    assert replay.json() == first.json()
+    other_body = await api.lease("sess", key="k-1", voice_id="another")
+    assert other_body.status_code == 422 and other_body.json()["error"]["code"] == "idempotency_mismatch"
+    # without a header the session id is the key
+    a, b = await api.lease("sess-2"), await api.lease("sess-2")
+    assert (a.status_code, b.status_code) == (201, 200) and a.json()["id"] == b.json()["id"]
+    leases = (await api.get("/v1/leases", ADMIN)).json()["leases"]
+    assert sorted(lease["session_id"] for lease in leases) == ["sess", "sess-2"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "malformed_json"),
+        (b'{"session_id": 5}', 422, "invalid_request"),
+        (b'{"session_id": ""}', 422, "invalid_request"),
+        (b'{"session_id": "a", "surprise": 1}', 422, "invalid_request"),
+        (b"[1, 2]", 422, "invalid_request"),
+        (b'{"session_id": "' + b"x" * 70_000 + b'"}', 413, "too_large"),
+    ],
+)
+async def test_bad_lease_bodies_get_clear_errors_and_nothing_is_stored(stack, body, status, code):
+    server, api, emu = stack
+    response = await api.http.post("/v1/leases", content=body, headers=api.h(**{"Content-Type": "application/json"}))
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert (await api.get("/v1/leases", ADMIN)).json()["leases"] == []
+
+
+async def test_unknown_ids_and_bad_params(stack):
+    server, api, emu = stack
+    assert (await api.get("/v1/leases/nope")).status_code == 404
+    assert (await api.post("/v1/leases/nope/heartbeat")).status_code == 404
+    assert (await api.http.delete("/v1/leases/nope", headers=api.h())).status_code == 404
+    assert (await api.get("/v1/pods/nope", ADMIN)).status_code == 404
+    assert (await api.post("/v1/pods/nope/stop", ADMIN)).status_code == 404
+    bad_wait = await api.get("/v1/leases/nope", wait="soon")
+    assert bad_wait.status_code == 422 and bad_wait.json()["error"]["code"] == "invalid_request"
+    bad_state = await api.get("/v1/leases", ADMIN, state="sleepy")
+    assert bad_state.status_code == 422
+
+
+async def test_release_is_idempotent_and_token_verifies_offline(stack):
+    server, api, emu = stack
+    await until(lambda: standby_parked(api))
+    lease = (await api.lease("s")).json()
+    ready = (await api.get(f"/v1/leases/{lease['id']}", wait=20)).json()
+    pod_row = await server.controller.store.get_pod(ready["pod_id"])
+    claims = verify_token(pod_row.secret, ready["token"], now=server.controller.clock(), pod_id=ready["pod_id"])
+    assert claims.lease_id == lease["id"]
+    first = await api.http.delete(f"/v1/leases/{lease['id']}", headers=api.h())
+    again = await api.http.delete(f"/v1/leases/{lease['id']}", headers=api.h())
+    assert first.status_code == again.status_code == 200 and again.json()["state"] == "released"
+    assert (await api.post(f"/v1/leases/{lease['id']}/heartbeat")).status_code == 409
+
+
+async def test_policy_is_validated_and_applied(stack):
+    server, api, emu = stack
+    for bad in ({"standby_count": -1}, {"gpu_types": []}, {"idle_ttl_s": "long"}, {"nonsense": 1},
+                {"gpu_types": ['bad"quote']}):
+        response = await api.http.patch("/v1/policy", json=bad, headers=api.h(ADMIN))
+        assert response.status_code == 422, bad
+        assert response.json()["error"]["code"] == "invalid_policy"
+    ok = await api.http.patch("/v1/policy", json={"standby_count": 2}, headers=api.h(ADMIN))
+    assert ok.status_code == 200 and ok.json()["standby_count"] == 2
+
+    async def two_parked():
+        pods = await api.pods()
+        return len([p for p in pods if p["role"] == "standby" and p["state"] == "stopped" and p["was_ready"]]) == 2
+
+    await until(two_parked, timeout=30)
+
+
+async def test_admin_overrides_start_stop_cordon_terminate(stack):
+    server, api, emu = stack
+    sb = await until(lambda: standby_parked(api))
+    pid = sb["id"]
+    await api.http.patch("/v1/policy", json={"idle_ttl_s": 120}, headers=api.h(ADMIN))
+    started = await api.post(f"/v1/pods/{pid}/start", ADMIN)
+    assert started.status_code == 200 and started.json()["state"] == "starting"
+
+    async def state_is(state):
+        return (await api.get(f"/v1/pods/{pid}", ADMIN)).json()["state"] == state
+
+    await until(lambda: state_is("ready"))
+    cordoned = await api.post(f"/v1/pods/{pid}/cordon", ADMIN)
+    assert cordoned.json()["cordoned"] is True
+    # a cordoned pod gets no lease: this one goes to another pod
+    lease = (await api.lease("c1")).json()
+    got = (await api.get(f"/v1/leases/{lease['id']}", wait=20)).json()
+    assert got["state"] == "ready" and got["pod_id"] != pid
+    assert (await api.post(f"/v1/pods/{pid}/uncordon", ADMIN)).json()["cordoned"] is False
+    # stop refuses a leased pod unless forced
+    leased = got["pod_id"]
+    refused = await api.post(f"/v1/pods/{leased}/stop", ADMIN)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "pod_leased"
+    forced = await api.post(f"/v1/pods/{leased}/stop", ADMIN, params={"force": "true"})
+    assert forced.status_code == 200 and forced.json()["state"] == "stopping"
+    assert (await api.get(f"/v1/leases/{lease['id']}")).json()["state"] == "failed"
+    stopped = await api.post(f"/v1/pods/{pid}/stop", ADMIN)
+    assert stopped.status_code == 200
+    await until(lambda: state_is("stopped"))
+    terminated = await api.post(f"/v1/pods/{pid}/terminate", ADMIN)
+    assert terminated.status_code == 200
+    await until(lambda: state_is("terminated"))
+    assert all(p["id"] != sb["runpod_id"] for p in await emu.live())
+    assert (await api.post(f"/v1/pods/{pid}/start", ADMIN)).status_code == 409
+    assert (await api.post(f"/v1/pods/{pid}/explode", ADMIN)).status_code == 404
+    events = (await api.get("/v1/events", ADMIN, object=f"pod/{pid}")).json()["events"]
+    assert {"AdminStart", "AdminCordon", "AdminStop", "AdminTerminate"} <= {e["reason"] for e in events}
+
+
+async def test_pause_holds_leases_and_reconcile_now(stack):
+    server, api, emu = stack
+    await until(lambda: standby_parked(api))
+    await api.http.patch("/v1/policy", json={"paused": True}, headers=api.h(ADMIN))
+    lease = (await api.lease("p")).json()
+    now = await api.post("/v1/reconcile", ADMIN)
+    assert now.status_code == 200 and now.json()["ok"] is True
+    assert (await api.get(f"/v1/leases/{lease['id']}")).json()["state"] == "pending"
+    await api.http.patch("/v1/policy", json={"paused": False}, headers=api.h(ADMIN))
+    assert (await api.get(f"/v1/leases/{lease['id']}", wait=20)).json()["state"] == "ready"
+
+
+async def test_cost_and_metrics_follow_the_pods(stack):
+    server, api, emu = stack
+    await until(lambda: standby_parked(api))
+    lease = (await api.lease("c")).json()
+    await api.get(f"/v1/leases/{lease['id']}", wait=20)
+
+    async def spent():
+        # once the replacement standby is parked, one RTX 4090 (the leased pod) is running
+        cost = (await api.get("/v1/cost", ADMIN)).json()
+        return cost if cost["spent_usd"]["gpu"] > 0 and abs(cost["usd_per_hour"]["gpu"] - 0.69) < 0.01 else None
+
+    cost = await until(spent)
+    # 20 GB volume + 20 GB container disk while running, 20 GB volume at the stopped rate for the standby
+    expected_storage = (20 * 0.10 + 20 * 0.10) / 730 + 20 * 0.20 / 730
+    assert cost["usd_per_hour"]["storage"] == pytest.approx(expected_storage, abs=1e-5)
+    assert cost["by_pod"]
+    metrics = (await api.http.get("/metrics")).text
+    for name in ("harper_pods{", "harper_leases{", "harper_lease_requests_total{", "harper_lease_wait_seconds_bucket{",
+                 "harper_cost_dollars_per_hour{", "harper_cost_dollars_total{", "harper_gpu_seconds_total{",
+                 "harper_standby_ready ", "harper_reconcile_total{", "harper_reconcile_duration_seconds_bucket",
+                 "harper_provider_requests_total{", "harper_provider_request_duration_seconds_bucket{",
+                 "harper_capacity_errors_total", "harper_orphans_collected_total", "harper_build_info{"):
+        assert name in metrics, name
+    assert 'harper_lease_requests_total{result="pending"} 1.0' in metrics

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from runpod_emulator import admin, schema
 from runpod_emulator.clock import Clock, SystemClock
 from runpod_emulator.emulator import Emulator, make_runner
-from runpod_emulator.graphql_api import handle_graphql
+from runpod_emulator.graphql_api import GraphQLEndpoint
 from runpod_emulator.settings import EmulatorSettings
 
 log = logging.getLogger("runpod_emulator")
@@ -31,7 +31,7 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 def create_app(settings: EmulatorSettings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or EmulatorSettings()
     clock = clock or SystemClock()
-    graphql_schema = schema.build()
+    graphql_endpoint = GraphQLEndpoint(schema.build())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,8 +56,8 @@ def create_app(settings: EmulatorSettings | None = None, clock: Clock | None = N
     app = FastAPI(title="RunPod emulator", lifespan=lifespan)
 
     @app.post("/graphql", include_in_schema=False)
-    async def graphql_endpoint(request: Request) -> Response:
-        return await handle_graphql(request, graphql_schema)
+    async def graphql(request: Request) -> Response:
+        return await graphql_endpoint(request)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

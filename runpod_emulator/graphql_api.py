@@ -12,8 +12,10 @@ Status codes, as RunPod answers them (reference sections 1.3 and 2.9):
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
+import re
 from typing import Any
 
 from graphql import (
@@ -49,8 +51,23 @@ def _error(message: str, code: str, path: list[str | int] | None = None) -> dict
     return body
 
 
+# graphql-core words two common validation errors differently from RunPod's graphql-js server; clients
+# (and the reference) match on RunPod's wording, so it is restored here.
+_UNKNOWN_INPUT_FIELD = re.compile(r"Expected value of type '(\w+)!?' not to include unknown field '(\w+)'")
+_UNKNOWN_FIELD = re.compile(r"^Cannot query field '(\w+)' on type '(\w+)'\.")
+
+
+def _runpod_wording(message: str) -> str:
+    if match := _UNKNOWN_INPUT_FIELD.search(message):
+        return f'Field "{match[2]}" is not defined by type "{match[1]}".'
+    if match := _UNKNOWN_FIELD.search(message):
+        return f'Cannot query field "{match[1]}" on type "{match[2]}".' + message[match.end() :]
+    return message
+
+
 def _bad_request(errors: list[GraphQLError], code: str) -> JSONResponse:
-    return JSONResponse({"errors": [{**e.formatted, "extensions": {"code": code}} for e in errors]}, status_code=400)
+    formatted = [{**e.formatted, "message": _runpod_wording(e.message), "extensions": {"code": code}} for e in errors]
+    return JSONResponse({"errors": formatted}, status_code=400)
 
 
 def _root_fields(document: DocumentNode, operation_name: str | None) -> list[str]:
@@ -102,47 +119,66 @@ def _internal_response(field: str) -> JSONResponse:
     )
 
 
-async def handle_graphql(request: Request, schema: GraphQLSchema) -> Response:
-    emulator: Emulator = request.app.state.emulator
-    if not graphql_key_ok(request, emulator.settings):
-        return JSONResponse(UNAUTHORIZED_BODY, status_code=401)
-    try:
-        body = await request.json()
-        query, variables = body["query"], body.get("variables")
-        operation_name = body.get("operationName")
-        if not isinstance(query, str) or not isinstance(variables, dict | None):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        message = 'The body must be JSON: {"query": string, "variables"?: object, "operationName"?: string}.'
-        return JSONResponse({"errors": [_error(message, "BAD_REQUEST")]}, status_code=400)
-
+def prepare(schema: GraphQLSchema, query: str) -> tuple[DocumentNode | None, list[GraphQLError], str]:
+    """Parse and validate a query: the document, or the errors and their code."""
     try:
         document = parse(query)
     except GraphQLError as e:
-        return _bad_request([e], "GRAPHQL_PARSE_FAILED")
+        return None, [e], "GRAPHQL_PARSE_FAILED"
     if errors := validate(schema, document):
-        return _bad_request(errors, "GRAPHQL_VALIDATION_FAILED")
+        return None, errors, "GRAPHQL_VALIDATION_FAILED"
+    return document, [], ""
 
-    await emulator.tick()
-    hit = emulator.faults.draw(_root_fields(document, operation_name))
-    if hit is not None:
-        log.warning(
-            "fault injected: %s on %s%s",
-            hit.rule.kind,
-            hit.field,
-            " (operation applied)" if hit.rule.applies_operation else "",
+
+class GraphQLEndpoint:
+    """The ``POST /graphql`` handler for one schema."""
+
+    def __init__(self, schema: GraphQLSchema) -> None:
+        self.schema = schema
+        # $variables clients send the same text every time; parsing and validating it once saves most of the
+        # cost of a request. Documents are immutable, so sharing them is safe.
+        self._prepare = functools.lru_cache(maxsize=256)(functools.partial(prepare, schema))
+
+    async def __call__(self, request: Request) -> Response:
+        emulator: Emulator = request.app.state.emulator
+        if not graphql_key_ok(request, emulator.settings):
+            return JSONResponse(UNAUTHORIZED_BODY, status_code=401)
+        try:
+            body = await request.json()
+            query, variables = body["query"], body.get("variables")
+            operation_name = body.get("operationName")
+            if not isinstance(query, str) or not isinstance(variables, dict | None):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            message = 'The body must be JSON: {"query": string, "variables"?: object, "operationName"?: string}.'
+            return JSONResponse({"errors": [_error(message, "BAD_REQUEST")]}, status_code=400)
+
+        document, errors, code = self._prepare(query)
+        if document is None:
+            return _bad_request(errors, code)
+
+        await emulator.tick()
+        hit = emulator.faults.draw(_root_fields(document, operation_name))
+        if hit is not None:
+            log.warning(
+                "fault injected: %s on %s%s",
+                hit.rule.kind,
+                hit.field,
+                " (operation applied)" if hit.rule.applies_operation else "",
+            )
+            if not hit.rule.applies_operation:
+                return _fault_response(hit)
+
+        result = execute(
+            self.schema, document, context_value=emulator, variable_values=variables, operation_name=operation_name
         )
-        if not hit.rule.applies_operation:
-            return _fault_response(hit)
+        if inspect.isawaitable(result):
+            result = await result
+        if result.data is None and result.errors:  # variable coercion failed: nothing ran
+            return _bad_request(list(result.errors), "BAD_USER_INPUT")
 
-    result = execute(schema, document, context_value=emulator, variable_values=variables, operation_name=operation_name)
-    if inspect.isawaitable(result):
-        result = await result
-    if result.data is None and result.errors:  # variable coercion failed: nothing ran
-        return _bad_request(list(result.errors), "BAD_USER_INPUT")
-
-    if hit is not None and hit.rule.kind is FaultKind.INTERNAL:
-        return _internal_response(hit.field)  # RunPod can fail a call that did happen
-    if hit is not None and hit.rule.kind is FaultKind.TIMEOUT:
-        await asyncio.sleep(hit.rule.delay)  # a client that gives up first never learns it succeeded
-    return JSONResponse(_format_result(result))
+        if hit is not None and hit.rule.kind is FaultKind.INTERNAL:
+            return _internal_response(hit.field)  # RunPod can fail a call that did happen
+        if hit is not None and hit.rule.kind is FaultKind.TIMEOUT:
+            await asyncio.sleep(hit.rule.delay)  # a client that gives up first never learns it succeeded
+        return JSONResponse(_format_result(result))

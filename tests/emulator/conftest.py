@@ -22,8 +22,14 @@ RTX_4090 = "NVIDIA GeForce RTX 4090"
 
 
 def make_settings(**overrides: Any) -> EmulatorSettings:
-    defaults: dict[str, Any] = {"port": 0, "boot_seconds": 0, "load_seconds": 0, "seed": 7,
-                                "machines_per_type": 2, "gpus_per_machine": 4}
+    defaults: dict[str, Any] = {
+        "port": 0,
+        "boot_seconds": 0,
+        "load_seconds": 0,
+        "seed": 7,
+        "machines_per_type": 2,
+        "gpus_per_machine": 4,
+    }
     return EmulatorSettings(**{**defaults, **overrides})
 
 
@@ -56,11 +62,17 @@ def admin(server: EmulatorServer, method: str, path: str, **kwargs: Any) -> http
     return httpx.request(method, f"{server.url}/_admin{path}", headers=headers, timeout=10, **kwargs)
 
 
-def graphql(server: EmulatorServer, query: str, variables: dict[str, Any] | None = None,
-            key: str | None = API_KEY, timeout: float = 10) -> httpx.Response:
+def graphql(
+    server: EmulatorServer,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    key: str | None = API_KEY,
+    timeout: float = 10,
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.post(f"{server.url}/graphql", json={"query": query, "variables": variables},
-                      headers=headers, timeout=timeout)
+    return httpx.post(
+        f"{server.url}/graphql", json={"query": query, "variables": variables}, headers=headers, timeout=timeout
+    )
 
 
 def admin_pod(server: EmulatorServer, pod_id: str) -> dict[str, Any]:

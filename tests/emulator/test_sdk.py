@@ -14,9 +14,28 @@ from runpod_emulator.fleet import NO_INSTANCES, NOT_ENOUGH_FREE_GPUS
 from .conftest import RTX_4090, StartEmulator, admin, admin_pod
 
 POD_FIELDS = {
-    "id", "containerDiskInGb", "costPerHr", "desiredStatus", "dockerArgs", "dockerId", "env", "gpuCount",
-    "imageName", "lastStatusChange", "machineId", "memoryInGb", "name", "podType", "port", "ports",
-    "uptimeSeconds", "vcpuCount", "volumeInGb", "volumeMountPath", "runtime", "machine",
+    "id",
+    "containerDiskInGb",
+    "costPerHr",
+    "desiredStatus",
+    "dockerArgs",
+    "dockerId",
+    "env",
+    "gpuCount",
+    "imageName",
+    "lastStatusChange",
+    "machineId",
+    "memoryInGb",
+    "name",
+    "podType",
+    "port",
+    "ports",
+    "uptimeSeconds",
+    "vcpuCount",
+    "volumeInGb",
+    "volumeMountPath",
+    "runtime",
+    "machine",
 }
 
 
@@ -98,8 +117,15 @@ def test_unknown_pod_is_null_and_cannot_be_stopped(emulator):
 
 def test_gpu_catalogue(emulator):
     gpus = {g["id"]: g for g in runpod.get_gpus()}
-    assert {"NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 3090", "NVIDIA A40", "NVIDIA L4",
-            "NVIDIA RTX A6000", "NVIDIA A100 80GB PCIe", "NVIDIA H100 80GB HBM3"} <= set(gpus)
+    assert {
+        "NVIDIA GeForce RTX 4090",
+        "NVIDIA GeForce RTX 3090",
+        "NVIDIA A40",
+        "NVIDIA L4",
+        "NVIDIA RTX A6000",
+        "NVIDIA A100 80GB PCIe",
+        "NVIDIA H100 80GB HBM3",
+    } <= set(gpus)
     assert set(gpus[RTX_4090]) == {"id", "displayName", "memoryInGb"}
     gpu = runpod.get_gpu(RTX_4090)
     assert (gpu["securePrice"], gpu["communityPrice"]) == (0.69, 0.34)

@@ -1,0 +1,82 @@
+"""The command line: help on every command, and a real ``serve`` process that stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import runpod
+
+from .conftest import RTX_4090, StartEmulator
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runpod_emulator", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_help_on_every_command():
+    top = run("--help")
+    assert top.returncode == 0 and "serve" in top.stdout
+    serve = run("serve", "--help")
+    assert serve.returncode == 0
+    for flag in (
+        "--port",
+        "--api-key",
+        "--runner",
+        "--boot-seconds",
+        "--load-seconds",
+        "--seed",
+        "--machines-per-type",
+        "--gpus-per-machine",
+        "--command",
+        "--log-dir",
+    ):
+        assert flag in serve.stdout
+    assert "EMULATOR_" in serve.stdout
+
+
+def test_bad_settings_are_refused():
+    result = run("serve", "--boot-seconds", "-1")
+    assert result.returncode == 2 and "boot_seconds" in result.stderr
+
+
+def test_serve_on_port_zero_then_sigterm():
+    env = {**os.environ, "EMULATOR_API_KEY": "from-env"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runpod_emulator", "serve", "--port", "0", "--seed", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("RUNPOD_API_BASE_URL=http://127.0.0.1:")
+        url = line.split("=", 1)[1]
+        query = {"query": "{ myself { id } }"}
+        assert httpx.post(f"{url}/graphql", json=query, params={"api_key": "from-env"}).status_code == 200
+        assert httpx.post(f"{url}/graphql", json=query, params={"api_key": "other"}).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "from-env" not in stderr  # the key is never logged
+
+
+def test_logs_name_pod_events_but_never_the_key_or_env(start_emulator: StartEmulator, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="runpod_emulator")
+    start_emulator(api_key="sekrit-key-123")
+    monkeypatch.setattr(runpod, "api_key", "sekrit-key-123")
+    pod = runpod.create_pod("p", "img", RTX_4090, env={"GPU_SERVER_SECRET": "hunter2-value"})
+    runpod.stop_pod(pod["id"])
+    runpod.terminate_pod(pod["id"])
+    text = caplog.text
+    assert f"pod {pod['id']} created" in text and f"pod {pod['id']} terminated" in text
+    assert "sekrit-key-123" not in text and "hunter2-value" not in text

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .domain import POD_NAME_PREFIX, PodPhase, PodRole, Tuning
@@ -68,8 +70,9 @@ class Outcome:
 class Actuator:
     def __init__(
         self, store: Store, provider: Provider, template: PodTemplate, tuning: Tuning,
-        metrics: ControllerMetrics, prices: dict[str, float],
+        metrics: ControllerMetrics, prices: dict[str, float], clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock  # lease grants are stamped when written, not when planned
         self.store = store
         self.provider = provider
         self.template = template
@@ -103,16 +106,19 @@ class Actuator:
                               + (f": {reason}" if reason else ""))
             case AssignLease(lease_id, pod_id, slot, path, ready):
                 try:
-                    ok = await self.store.assign_lease(lease_id, pod_id, slot, path, ready, now)
+                    ok = await self.store.assign_lease(lease_id, pod_id, slot, path, ready, self.clock())
                 except SlotTaken:
                     ok = False
                 if ok:
                     out.leases_changed = True
                     out.event(now, f"lease/{lease_id}", "Assigned", f"pod {pod_id} slot {slot} via {path}")
+                    if ready:
+                        await self._granted(lease_id, now)
             case GrantLease(lease_id):
-                if await self.store.grant_lease(lease_id, now):
+                if await self.store.grant_lease(lease_id, self.clock()):
                     out.leases_changed = True
                     out.event(now, f"lease/{lease_id}", "Ready", "its pod is Ready")
+                    await self._granted(lease_id, now)
             case RequeueLease(lease_id, reason):
                 if await self.store.requeue_lease(lease_id, reason):
                     out.leases_changed = True
@@ -121,6 +127,11 @@ class Actuator:
                 await self.store.end_lease(lease_id, state, reason, now)
                 out.leases_changed = True
                 out.event(now, f"lease/{lease_id}", state.value.title(), reason)
+
+    async def _granted(self, lease_id: str, now: float) -> None:
+        lease = await self.store.get_lease(lease_id)
+        if lease is not None and lease.path and lease.ready_at:
+            self.metrics.lease_wait.labels(path=lease.path).observe(max(0.0, lease.ready_at - lease.created_at))
 
     # -- provider actions
     async def _call(self, action: Action, now: float, out: Outcome) -> None:

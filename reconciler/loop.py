@@ -63,7 +63,7 @@ class Controller:
         self.interval_s = interval_s
         self.clock = clock
         self.prices: dict[str, float] = {}
-        self.actuator = Actuator(store, provider, template, tuning, metrics, self.prices)
+        self.actuator = Actuator(store, provider, template, tuning, metrics, self.prices, clock)
         self.orphans_seen: dict[str, float] = {}
         self.lease_changed = asyncio.Condition()
         self.last_pass_ok: float | None = None
@@ -121,7 +121,6 @@ class Controller:
 
     async def _pass(self) -> list:
         started = time.perf_counter()
-        now = self.clock()
         try:
             listed = await self.provider.list_pods(POD_NAME_PREFIX)
         except ProviderError as e:
@@ -131,6 +130,7 @@ class Controller:
             return []
         probes = await asyncio.gather(*(self._probe(p) for p in listed))
         observed = Observed({o.name: o for o in probes})
+        now = self.clock()  # after observing: the decisions are about the state read next
         desired = await self._desired(now)
         for orphan in find_orphans(desired, observed):
             if orphan.runpod_id not in self.orphans_seen:

@@ -1,0 +1,219 @@
+"""``python -m reconciler demo``: act as the companion server for one round trip.
+
+Take a lease, wait until its pod is Ready, speak a sentence through the pod's ``/ws/tts``, stream that
+audio into its ``/ws/stt`` at real-time pace, print the transcript beside the text with the lease wait
+(and its path), first-audio and final latencies, then release.
+
+``demo-local`` (what ``make demo`` runs) also starts the local stack first (controller in local mode, whose
+emulator runs real gpu_server processes on the bundled CPU models) and shuts it down afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from .client import ControllerError, ControllerUnavailable, LeaseApi, LeaseFailed
+
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = _words(reference), _words(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / len(ref)
+
+
+async def round_trip(url: str, token: str, text: str, *, wait_timeout_s: float = 600.0,
+                     progress=print) -> dict:
+    from gpu_server.client import speak, transcribe
+
+    api = LeaseApi(url, token)
+    started = time.monotonic()
+    try:
+        lease = await api.create(f"demo-{os.getpid()}-{int(time.time())}")
+        progress(f"lease {lease.id}: {lease.state}" + (
+            f" (queue position {lease.queue_position})" if lease.queue_position else ""))
+        while lease.state == "pending":
+            if time.monotonic() - started > wait_timeout_s:
+                raise TimeoutError(f"no pod after {wait_timeout_s:.0f}s")
+            lease = await api.get(lease.id, wait_s=5.0)
+            if lease.state == "pending":
+                await api.heartbeat(lease.id)
+                progress(f"  waiting for a pod... {time.monotonic() - started:.0f}s")
+        if lease.state != "ready":
+            raise LeaseFailed(f"lease {lease.id} ended {lease.state}: {lease.reason}")
+        lease_wait = time.monotonic() - started
+        progress(f"lease ready via {lease.path} after {lease_wait:.2f}s: pod {lease.pod_id}")
+        spoken = await speak(lease.endpoints["tts"], lease.token, text)
+        progress(f"tts: {len(spoken.frames)} Opus frames, {spoken.audio_ms:.0f} ms of audio, "
+                 f"first audio after {spoken.first_audio_ms:.0f} ms")
+        heard = await transcribe(lease.endpoints["stt"], lease.token, spoken.pcm, spoken.sample_rate, realtime=True)
+        transcript = " ".join(f.text for f in heard.finals).strip()
+        return {
+            "spoken": text,
+            "transcript": transcript,
+            "wer": round(word_error_rate(text, transcript), 4),
+            "path": lease.path,
+            "pod_id": lease.pod_id,
+            "lease_wait_s": round(lease_wait, 3),
+            "tts_first_audio_ms": round(spoken.first_audio_ms, 1),
+            "tts_audio_ms": round(spoken.audio_ms, 1),
+            "stt_final_ms": round(heard.final_latency_ms, 1) if heard.final_latency_ms is not None else None,
+            "stt_first_partial_ms": (round(heard.first_partial_ms, 1)
+                                     if heard.first_partial_ms is not None else None),
+        }
+    finally:
+        if "lease" in locals():
+            try:
+                await api.release(lease.id)
+            except (ControllerError, ControllerUnavailable):
+                pass
+        await api.aclose()
+
+
+def _print_report(result: dict) -> None:
+    print()
+    print(f"  spoken:     {result['spoken']}")
+    print(f"  transcript: {result['transcript']}")
+    print(f"  word error rate: {result['wer'] * 100:.1f}%")
+    print(f"  lease wait: {result['lease_wait_s']:.2f} s via {result['path']} (pod {result['pod_id']})")
+    print(f"  TTS first audio: {result['tts_first_audio_ms']:.0f} ms for {result['tts_audio_ms']:.0f} ms of speech")
+    final = result["stt_final_ms"]
+    print(f"  STT final: {final:.0f} ms after the end of speech" if final is not None else "  STT final: none")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .settings import Settings
+
+    settings = Settings()
+    url = args.url or settings.public_url or f"http://{settings.host}:{settings.port}"
+    token = args.token or settings.api_token.get_secret_value()
+    if not token:
+        print("demo: no token: pass --token or set HARPER_API_TOKEN (the controller prints it on start)",
+              file=sys.stderr)
+        return 2
+    say = (lambda *_: None) if args.json else (lambda msg: print(msg, flush=True))
+    try:
+        result = asyncio.run(round_trip(url, token, args.text, progress=say))
+    except ControllerUnavailable:
+        print(f"demo: no controller is reachable at {url}: start one with `python -m reconciler run` "
+              f"(or pass --url)", file=sys.stderr)
+        return 3
+    except ControllerError as e:
+        print(f"demo: the controller refused: {e}", file=sys.stderr)
+        return 4
+    except (LeaseFailed, TimeoutError, OSError) as e:
+        print(f"demo: {type(e).__name__}: {e}", file=sys.stderr)
+        return 5
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_report(result)
+    return 0
+
+
+def cmd_demo_local(args: argparse.Namespace) -> int:
+    """Start the local stack, wait for its standby, run the demo, shut it down."""
+    workdir = Path(args.state_dir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = args.port
+    env = dict(os.environ) | {
+        "HARPER_PORT": str(port), "HARPER_HOST": "127.0.0.1",
+        "HARPER_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'demo.db'}",
+        "HARPER_LOCAL_STATE_DIR": str(workdir), "HARPER_API_TOKEN": os.environ.get("HARPER_API_TOKEN") or "demo-token",
+        "HARPER_ADMIN_TOKEN": os.environ.get("HARPER_ADMIN_TOKEN") or "demo-admin-token",
+        "HARPER_RECONCILE_INTERVAL_S": "1",
+    }
+    env.pop("HARPER_RUNPOD_API_KEY", None)
+    log_path = workdir / "controller.log"
+    print(f"==> starting the local stack (controller log: {log_path})", flush=True)
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run"], env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    admin = {"Authorization": f"Bearer {env['HARPER_ADMIN_TOKEN']}"}
+    started = time.monotonic()
+    try:
+        last = ""
+        while True:
+            if proc.poll() is not None:
+                print(f"demo: the controller exited ({proc.returncode}); see {log_path}", file=sys.stderr)
+                return 1
+            if time.monotonic() - started > args.timeout:
+                print(f"demo: the standby was not ready after {args.timeout:.0f}s; see {log_path}", file=sys.stderr)
+                return 1
+            status = _standby_status(url, admin)
+            if status != last:
+                print(f"    [{time.monotonic() - started:5.1f}s] {status}", flush=True)
+                last = status
+            if status.startswith("standby ready"):
+                break
+            time.sleep(0.5)
+        print("==> running the demo round trip", flush=True)
+        demo_args = argparse.Namespace(url=url, token=env["HARPER_API_TOKEN"], text=args.text, json=args.json)
+        os.environ["HARPER_API_TOKEN"] = env["HARPER_API_TOKEN"]
+        return cmd_demo(demo_args)
+    finally:
+        print("==> shutting the local stack down", flush=True)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _standby_status(url: str, headers: dict[str, str]) -> str:
+    try:
+        pods = httpx.get(f"{url}/v1/pods", headers=headers, timeout=2.0).json()["pods"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return "waiting for the controller to start"
+    if not pods:
+        return "controller up; creating the standby pod"
+    pod = pods[0]
+    if pod["state"] == "stopped" and pod["was_ready"]:
+        return "standby ready (models loaded, pod stopped)"
+    labels = {"creating": "creating the pod", "starting": "pod booting: gpu_server loading its models",
+              "ready": "pod Ready: parking it as the stopped standby", "stopping": "stopping the standby"}
+    return labels.get(pod["state"], pod["state"])
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="take a lease, speak through /ws/tts, transcribe through /ws/stt, release")
+    demo.add_argument("--url", help="controller URL (default from HARPER_HOST/HARPER_PORT)")
+    demo.add_argument("--token", help="companion token (default HARPER_API_TOKEN)")
+    demo.add_argument("--text", default=DEFAULT_TEXT, help="what to say")
+    demo.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    demo.set_defaults(func=cmd_demo)
+
+    local = sub.add_parser("demo-local", help="start the local stack, run the demo, stop the stack (make demo)")
+    local.add_argument("--text", default=DEFAULT_TEXT, help="what to say")
+    local.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    local.add_argument("--port", type=int, default=8089, help="controller port for the demo stack")
+    local.add_argument("--state-dir", default=str(Path(tempfile.gettempdir()) / "harper-demo"),
+                       help="where the demo keeps its database and logs")
+    local.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the standby")
+    local.set_defaults(func=cmd_demo_local)

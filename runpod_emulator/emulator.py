@@ -45,21 +45,18 @@ class Emulator:
         self.settings = settings
         self.clock = clock
         self.runner = runner
-        # One seed for everything random, so a --seed run repeats its ids; reset() starts the sequence over.
-        self._seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**32)
-        self._lock = asyncio.Lock()
-        self._build()
-
-    def _build(self) -> None:
-        self.rng = random.Random(self._seed)
+        # One seed for everything random (ids, placement ties, fault rates), so a --seed run repeats itself.
+        seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**32)
+        self.rng = random.Random(seed)
         self.fleet = Fleet(
             self.rng,
-            machines_per_type=self.settings.machines_per_type,
-            gpus_per_machine=self.settings.gpus_per_machine,
-            boot_seconds=self.settings.boot_seconds,
+            machines_per_type=settings.machines_per_type,
+            gpus_per_machine=settings.gpus_per_machine,
+            boot_seconds=settings.boot_seconds,
         )
         self.ledger = Ledger()
         self.faults = FaultBook(self.rng)
+        self._lock = asyncio.Lock()
 
     def _bill_rates(self, pod: Pod, now: float) -> None:
         self.ledger.set_rates(pod.id, now, pod.gpu_usd_per_hour(), pod.storage_usd_per_hour())
@@ -156,8 +153,10 @@ class Emulator:
         async with self._lock:
             for pod in self.fleet.live_pods():
                 await self.runner.stop(pod.id)
-            self._build()
-        log.info("reset: pods, machines, faults and ledger cleared")
+            self.fleet.clear()
+            self.ledger.clear()
+            self.faults.clear()
+        log.info("reset: pods, other tenants, faults and ledger cleared")
 
     async def aclose(self) -> None:
         async with self._lock:

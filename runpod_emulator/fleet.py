@@ -335,6 +335,14 @@ class Fleet:
         machine.tenant_gpus += machine.free
         return machine
 
+    def clear(self) -> None:
+        """Forget every pod and tenant; the machines stay. Ids keep coming from the same RNG, so no pod id
+        handed out before is ever handed out again (a client's stale id must not match a new pod)."""
+        self.pods.clear()
+        for machine in self.machines.values():
+            machine.tenant_gpus = 0
+            machine.pod_gpus.clear()
+
     def release_tenants(self, machine_id: str) -> Machine:
         """Other tenants give back every GPU they hold on the machine."""
         machine = self.machine(machine_id)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import threading
 from types import TracebackType
 
@@ -26,6 +28,8 @@ from runpod_emulator.app import create_app
 from runpod_emulator.clock import Clock
 from runpod_emulator.emulator import Emulator
 from runpod_emulator.settings import EmulatorSettings
+
+log = logging.getLogger("runpod_emulator")
 
 
 class _GuestServer(uvicorn.Server):
@@ -41,7 +45,6 @@ class EmulatorServer:
         clock: Clock | None = None,
         *,
         log_level: str = "warning",
-        capture_signals: bool = False,
     ) -> None:
         self.settings = settings or EmulatorSettings(port=0)
         self.app = create_app(self.settings, clock)
@@ -57,35 +60,50 @@ class EmulatorServer:
             # A request held by the ``timeout`` fault must not hold up shutdown.
             timeout_graceful_shutdown=1,
         )
-        self._server = uvicorn.Server(config) if capture_signals else _GuestServer(config)
+        self._server = _GuestServer(config)
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self.port: int = 0
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.port}"
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        return f"http://{host}:{self.port}"
 
     @property
     def emulator(self) -> Emulator:
         return self.app.state.emulator
 
-    async def _serve(self) -> None:
+    async def _serve(self, sock: socket.socket) -> None:
         try:
-            await self._server.serve()
-        except SystemExit as e:  # uvicorn exits on a failed bind or lifespan; a guest must not end its host
+            await self._server.serve(sockets=[sock])
+        except SystemExit as e:  # uvicorn exits when its lifespan fails; a guest must not end its host
             raise RuntimeError(f"uvicorn stopped with exit code {e.code}") from e
+        finally:
+            sock.close()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._serve(), name="runpod-emulator-uvicorn")
+        # Binding here, before uvicorn runs the lifespan, turns a busy port into a plain error with nothing
+        # started yet, and gives the real port at once when 0 was asked for.
+        host, port = self.settings.host, self.settings.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it every
+        # request waits ~40 ms for a delayed ACK (socket.create_server leaves proto at 0).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+        except OSError as e:
+            sock.close()
+            raise RuntimeError(f"the emulator cannot listen on {host}:{port}: {e}") from e
+        self.port = sock.getsockname()[1]
+        self._task = asyncio.create_task(self._serve(sock), name="runpod-emulator-uvicorn")
         while not self._server.started:
             if self._task.done():
                 error = self._task.exception() if not self._task.cancelled() else None
-                raise RuntimeError(
-                    f"the emulator failed to start on {self.settings.host}:{self.settings.port}"
-                ) from error
+                raise RuntimeError(f"the emulator failed to start on {host}:{self.port}") from error
             await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._task is None:
@@ -121,15 +139,21 @@ class EmulatorServer:
             await self._task
 
         def run() -> None:
-            with contextlib.suppress(BaseException):
+            try:
                 asyncio.run(main())
+            except BaseException:
+                if not failure:  # a failed start is raised to the caller instead
+                    log.exception("the emulator's server thread died")
 
         self._thread = threading.Thread(target=run, name="runpod-emulator", daemon=True)
         self._thread.start()
         if not started.wait(timeout) or failure:
             self._server.should_exit = True
             self._thread.join(timeout)
-            raise RuntimeError("the emulator failed to start in its thread") from (failure[0] if failure else None)
+            self._thread = None
+            if failure:
+                raise failure[0]
+            raise RuntimeError(f"the emulator did not start within {timeout}s")
         return self
 
     def stop_in_thread(self, timeout: float = 30.0) -> None:

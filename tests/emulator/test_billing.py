@@ -54,12 +54,17 @@ def test_community_price_times_gpu_count(start_emulator: StartEmulator):
     assert bill(server)["storage_usd"] == 0
 
 
-def test_reset_clears_the_ledger_and_pods(start_emulator: StartEmulator):
+def test_reset_clears_the_ledger_pods_tenants_and_faults(start_emulator: StartEmulator):
     clock = FakeClock()
     server = start_emulator(clock=clock)
-    runpod.create_pod("p", "img", RTX_4090)
+    old = runpod.create_pod("p", "img", RTX_4090)
+    admin(server, "POST", f"/machines/{old['machineId']}/fill").raise_for_status()
+    admin(server, "POST", "/faults", json={"op": "myself", "kind": "auth"}).raise_for_status()
     clock.advance(60)
     assert bill(server)["total_usd"] > 0
     admin(server, "POST", "/reset").raise_for_status()
     assert bill(server) == {"total_usd": 0, "gpu_usd": 0, "storage_usd": 0, "by_pod": {}}
     assert runpod.get_pods() == [] and admin(server, "GET", "/pods").json() == []
+    machines = admin(server, "GET", "/machines").json()
+    assert all(m["free"] == m["gpus"] and m["pods"] == {} for m in machines)
+    assert runpod.create_pod("p", "img", RTX_4090)["id"] != old["id"]  # ids are never reused

@@ -9,9 +9,12 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 import runpod
 
-from .conftest import RTX_4090, StartEmulator
+from runpod_emulator.server import EmulatorServer
+
+from .conftest import RTX_4090, StartEmulator, make_settings
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -80,3 +83,13 @@ def test_logs_name_pod_events_but_never_the_key_or_env(start_emulator: StartEmul
     text = caplog.text
     assert f"pod {pod['id']} created" in text and f"pod {pod['id']} terminated" in text
     assert "sekrit-key-123" not in text and "hunter2-value" not in text
+
+
+async def test_a_busy_port_is_a_plain_error_in_process():
+    async with EmulatorServer(make_settings()) as first:
+        with pytest.raises(RuntimeError, match="cannot listen"):
+            await EmulatorServer(make_settings(port=first.port)).start()
+        with pytest.raises(RuntimeError, match="cannot listen"):
+            EmulatorServer(make_settings(port=first.port)).start_in_thread()
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{first.url}/healthz")).json() == {"status": "ok"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,6 +12,7 @@ import runpod
 from runpod_emulator.server import EmulatorServer
 
 from .conftest import API_KEY, RTX_4090, StartEmulator, make_settings
+from .test_runners import alive
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -66,3 +68,30 @@ async def test_300_simulated_pods_boot_and_answer_health():
                 return False
 
             assert all(await asyncio.gather(*(healthy(port) for port in ports)))
+
+
+async def test_100_process_pods_start_and_all_die_with_the_emulator(tmp_path):
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    settings = make_settings(
+        runner="process",
+        command=f"{sleep} 120",
+        log_dir=tmp_path,
+        machines_per_type=1,
+        gpus_per_machine=100,
+        boot_seconds=0,
+    )
+    async with EmulatorServer(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, headers=HEADERS, timeout=30) as client:
+            mutation = 'mutation { podFindAndDeployOnDemand(input: {name: "p", imageName: "i", gpuTypeId: "%s", ports: "8000/tcp"}) { id } }'  # noqa: E501
+            for _ in range(100):
+                response = await client.post("/graphql", json={"query": mutation % RTX_4090})
+                assert response.json()["data"]["podFindAndDeployOnDemand"]["id"]
+            for _ in range(100):
+                pods = (await client.get("/_admin/pods")).json()
+                if all(p["serving"] for p in pods):
+                    break
+                await asyncio.sleep(0.05)
+            pids = [p["runner"]["pid"] for p in pods]
+            assert len(set(pids)) == 100 and all(alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)  # shutdown reaped every one of them

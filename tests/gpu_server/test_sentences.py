@@ -1,0 +1,37 @@
+"""The reply is cut so the first piece is short and nothing is lost or reordered."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpu_server.sentences import FIRST_PIECE_MAX_WORDS, MAX_PIECE_CHARS, split_for_speech
+
+
+def test_first_clause_goes_first_then_whole_sentences():
+    assert split_for_speech("Sure, I can help you with that right away. What else?") == [
+        "Sure,",
+        "I can help you with that right away.",
+        "What else?",
+    ]
+
+
+def test_long_first_sentence_without_commas_breaks_at_a_phrase_boundary():
+    pieces = split_for_speech("I can help you with that right away because it is easy.")
+    assert pieces == ["I can help you", "with that right away because it is easy."]
+
+
+def test_short_text_stays_whole():
+    assert split_for_speech("Hello there.") == ["Hello there."]
+    assert split_for_speech("   ") == []
+
+
+sentence = st.lists(st.sampled_from(["well,", "the", "cat", "sat", "and", "ran", "with", "joy."]), min_size=1, max_size=80)
+
+
+@given(st.lists(sentence, max_size=6))
+def test_pieces_keep_every_word_in_order_and_stay_bounded(sentences):
+    text = " ".join(" ".join(s) for s in sentences)
+    pieces = split_for_speech(text)
+    assert " ".join(pieces).split() == text.split()
+    assert all(len(p) <= MAX_PIECE_CHARS for p in pieces if " " in p)
+    if pieces and len(text.split()) > FIRST_PIECE_MAX_WORDS * 3:
+        assert len(pieces[0].split()) <= FIRST_PIECE_MAX_WORDS * 2 or "," not in text

@@ -1,0 +1,136 @@
+"""/ws/stt over a real socket, fed with Piper's speech exactly as /ws/tts delivered it."""
+
+import asyncio
+
+import numpy as np
+
+from gpu_server import client, protocol
+from gpu_server.stt import SttStream
+from gpu_server.gate import ModelGate
+from gpu_server.metrics import SpeechMetrics
+from gpu_server.transcript import word_error_rate
+
+from .conftest import SENTENCES, make_settings, silence, token
+
+GAP_S = 1.2  # between sentences: longer than the 500 ms endpoint, so each sentence ends in a final
+
+
+def conversation(spoken, rate=24000):
+    """The spoken sentences at the TTS output rate, with pauses: what a user's microphone might hear."""
+    parts = [silence(0.5, rate)]
+    for speech in spoken.speeches:
+        parts += [speech.pcm, silence(GAP_S, rate)]
+    return np.concatenate(parts)
+
+
+async def test_streamed_speech_gives_partials_then_finals_at_each_endpoint(server, spoken):
+    """Real-time 20 ms PCM16 chunks at 24 kHz (resampled by the server), and Opus at once on another stream."""
+    audio = conversation(spoken)
+    pcm_run = client.transcribe(server.ws("/ws/stt"), audio, 24000, token=token(), realtime=True)
+    opus_run = client.transcribe(
+        server.ws("/ws/stt"), spoken.speeches[1].pcm, 24000, token=token(), encoding="opus", realtime=True
+    )
+    result, opus = await asyncio.gather(pcm_run, opus_run)
+
+    assert result.errors == [] and opus.errors == []
+    assert result.close_code == 1000 and isinstance(result.events[-1].message, protocol.Done)
+    finals = [f.message.text for f in result.finals]
+    assert len(finals) == len(SENTENCES), finals
+    assert word_error_rate(SENTENCES, finals) < 0.10, finals
+    # Every sentence ended by its VAD endpoint, before the client sent stop.
+    assert all(f.at < result.audio_end_at for f in result.finals)
+    starts = [e for e in result.events if isinstance(e.message, protocol.SpeechStarted)]
+    assert len(starts) == len(SENTENCES)
+    for started, final in zip(starts, result.finals, strict=True):
+        partials = [p for p in result.partials if started.at < p.at < final.at]
+        assert partials, f"no partial before the final {final.message.text!r}"
+        assert final.message.start <= started.message.t < final.message.end
+    # Partials keep coming while someone speaks (at most ~0.5 s apart plus decode time).
+    gaps = np.diff([p.at for p in result.partials if p.at < result.finals[0].at])
+    assert len(gaps) and gaps.max() < 1.0
+    assert word_error_rate([SENTENCES[1]], [opus.text]) < 0.10, opus.text
+
+
+async def test_silence_and_noise_give_no_text(server):
+    rng = np.random.default_rng(7)
+    white = (rng.standard_normal(160_000) * 3000).astype(np.int16)
+    brown = np.cumsum(rng.standard_normal(160_000))
+    brown = (brown / np.abs(brown).max() * 12000).astype(np.int16)
+    hum = (np.sin(np.arange(160_000) * 2 * np.pi * 60 / 16000) * 6000).astype(np.int16)
+    runs = [
+        client.transcribe(server.ws("/ws/stt"), audio, 16000, token=token(), realtime=False, chunk_ms=100)
+        for audio in (silence(10), white, brown, hum + white // 4)
+    ]
+    for result in await asyncio.gather(*runs):
+        texts = [e.message.text for e in result.events if isinstance(e.message, protocol.Partial | protocol.Final)]
+        assert texts == [] or set(texts) == {""}, texts
+        assert isinstance(result.events[-1].message, protocol.Done)
+
+
+async def test_long_utterance_is_split_into_several_finals(start_server, spoken):
+    with start_server(max_utterance_s=4.0) as small:
+        audio = np.concatenate([spoken.pcm16k[0], spoken.pcm16k[2]])  # ~6 s with no pause over 500 ms
+        result = await client.transcribe(small.ws("/ws/stt"), audio, 16000, token=token(), realtime=False)
+    assert len(result.finals) >= 2
+    assert all(f.message.end - f.message.start <= 4.5 for f in result.finals)
+    assert word_error_rate([SENTENCES[0] + " " + SENTENCES[2]], [result.text]) < 0.2, result.text
+
+
+async def test_bad_input_gets_errors_while_other_streams_keep_working(server, spoken):
+    good = asyncio.create_task(
+        client.transcribe(server.ws("/ws/stt"), spoken.pcm16k[2], 16000, token=token(), realtime=False)
+    )
+    async with client.SttConnection(server.ws("/ws/stt"), token()) as bad:
+        async def expect_error(payload) -> str:
+            await bad.ws.send(payload)
+            while True:
+                message = protocol.parse_stt_server(await asyncio.wait_for(bad.ws.recv(), 10))
+                if isinstance(message, protocol.Error):
+                    return message.code
+
+        assert await expect_error("{not json") == "bad_message"
+        assert await expect_error('{"type": "start", "encoding": "mp3"}') == "bad_message"
+        assert await expect_error(b"\x01\x02\x03") == "bad_audio"  # odd length is not PCM16
+        assert await expect_error(b"\x00" * 300_000) == "too_large"  # over max_message_bytes
+        assert await expect_error('{"type": "start"}') == "bad_message"  # start after audio
+        await bad.send_stop()
+        received = await bad.receive_all()
+        assert isinstance(received[-1].message, protocol.Done)
+
+    async with client.SttConnection(server.ws("/ws/stt"), token()) as opus:
+        await opus.send_start(sample_rate=16000, encoding="opus")
+        assert isinstance(protocol.parse_stt_server(await opus.ws.recv()), protocol.Ready)
+        # Opus has no checksum (half of all random byte strings decode to noise); this one cannot decode.
+        await opus.send_audio(b"GET / HTTP/1.1\r\n\r\n")
+        error = protocol.parse_stt_server(await asyncio.wait_for(opus.ws.recv(), 10))
+        assert isinstance(error, protocol.Error) and error.code == "bad_audio"
+
+    result = await good
+    # Piper samples its prosody, so one rendering may cost tiny.en a word; the point here is "still works".
+    assert word_error_rate([SENTENCES[2]], [result.text]) <= 0.25, result.text
+
+
+async def test_memory_stays_bounded_over_a_long_stream(engines):
+    """Five minutes of speech and noise through one stream: the buffer never outgrows one utterance."""
+    sent: list[protocol.Message] = []
+
+    async def emit(message):
+        sent.append(message)
+
+    settings = make_settings()
+    stream = SttStream(
+        transcriber=engines.stt, vad=engines.vad, gate=ModelGate(1), settings=settings,
+        metrics=SpeechMetrics(), emit=emit,
+    )
+    worker = stream.run_worker()
+    rng = np.random.default_rng(5)
+    speech = np.concatenate([np.zeros(8000), rng.standard_normal(16000 * 3) * 0.3])  # VAD may or may not fire
+    peak = 0
+    for _ in range(300 // 3):
+        for chunk in np.array_split((speech * 20000).astype(np.int16), 10):
+            await stream.audio(chunk.tobytes())
+            peak = max(peak, stream.buffered_seconds)
+    await stream.stop()
+    await worker
+    assert peak <= settings.max_utterance_s + 1
+    assert isinstance(sent[-1], protocol.Done)

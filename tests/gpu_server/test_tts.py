@@ -1,0 +1,107 @@
+"""/ws/tts over a real socket: 20 ms Opus frames with the DESIGN.md header, queueing, cancel, limits."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from gpu_server import client, protocol
+from gpu_server.engines import Engines
+from gpu_server.gate import ModelGate
+from gpu_server.metrics import SpeechMetrics
+from gpu_server.opus import OpusDecoder
+from gpu_server.tts import TtsSession
+
+from .conftest import SENTENCES, make_settings, token
+
+LONG_TEXT = " ".join(SENTENCES * 3)
+
+
+def test_frames_are_20_ms_opus_with_header_sequence_and_timestamps(spoken):
+    seq = 0
+    for speech in spoken.speeches:
+        assert speech.start == protocol.TtsStart(speech.id, sample_rate=24000)
+        assert not speech.cancelled and speech.first_audio_ms is not None
+        assert speech.audio_ms == len(speech.frames) * 20 > 1000
+        decoder = OpusDecoder(24000)
+        for index, frame in enumerate(speech.frames):
+            # seq counts per connection (across utterances); timestamps restart with each utterance.
+            assert (frame.seq, frame.timestamp_us) == (seq, index * 20_000)
+            assert len(decoder.decode(frame.packet)) == 480  # exactly 20 ms at 24 kHz
+            seq += 1
+        assert len(speech.pcm) == len(speech.frames) * 480
+        assert np.abs(speech.pcm).max() > 3000  # speech, not silence
+
+
+async def test_cancel_with_id_stops_that_utterance_and_the_queue_goes_on(server):
+    async with client.TtsConnection(server.ws("/ws/tts"), token()) as tts:
+        long_id = await tts.send_speak(LONG_TEXT, id="long")
+        await tts.send_speak("Okay, stopping now.", id="next")
+        cut = await tts.collect(long_id, 0.0, cancel_after_frames=5)
+        after = await tts.collect("next", 0.0)
+    assert cut.cancelled
+    # The whole text is ~40 s of audio; frames already in flight when cancel arrived are all that came.
+    assert 5 <= len(cut.frames) and cut.audio_ms < 8000
+    assert not after.cancelled and after.audio_ms > 500
+    assert after.frames[0].seq == cut.frames[-1].seq + 1
+
+
+async def test_cancel_without_id_drops_current_and_queued(server):
+    async with client.TtsConnection(server.ws("/ws/tts"), token()) as tts:
+        for i in range(3):
+            await tts.send_speak(LONG_TEXT, id=f"u{i}")
+        events = []
+        async for event in tts.events():
+            events.append(event)
+            if isinstance(event, client.Frame) and sum(isinstance(e, client.Frame) for e in events) == 3:
+                await tts.send_cancel()
+            if isinstance(event, protocol.TtsDone) and event.id == "u2":
+                break
+    dones = {e.id: e for e in events if isinstance(e, protocol.TtsDone)}
+    starts = [e.id for e in events if isinstance(e, protocol.TtsStart)]
+    assert all(d.cancelled for d in dones.values()) and set(dones) == {"u0", "u1", "u2"}
+    assert starts == ["u0"]  # queued ones never started
+    assert dones["u1"].frames == dones["u2"].frames == 0
+
+
+async def test_session_stops_within_one_frame_of_cancel(engines: Engines):
+    """At the session seam: no frame is emitted after the cancel has been handled."""
+    sent: list[bytes] = []
+    messages: list[protocol.Message] = []
+    cancelled_at: list[int] = []
+    session: TtsSession
+
+    async def emit_frame(data: bytes) -> None:
+        sent.append(data)
+        if len(sent) == 7:
+            await session.cancel(protocol.Cancel("x"))
+            cancelled_at.append(len(sent))
+
+    async def emit(message: protocol.Message) -> None:
+        messages.append(message)
+
+    session = TtsSession(
+        synthesizer=engines.tts, gate=ModelGate(1), settings=make_settings(), metrics=SpeechMetrics(),
+        emit=emit, emit_frame=emit_frame,
+    )
+    worker = session.run_worker()
+    await session.speak(protocol.Speak("x", LONG_TEXT))
+    while not any(isinstance(m, protocol.TtsDone) for m in messages):
+        await asyncio.sleep(0.01)
+    worker.cancel()
+    assert cancelled_at == [7] and len(sent) == 7
+    assert messages[-1] == protocol.TtsDone("x", 7, 140.0, messages[-1].first_audio_ms, cancelled=True)
+
+
+async def test_limits_give_clear_errors_and_the_connection_keeps_working(server):
+    async with client.TtsConnection(server.ws("/ws/tts"), token()) as tts:
+        with pytest.raises(client.SpeechServerError) as caught:
+            await tts.speak("word " * 1000)  # over max_text_chars (2000)
+        assert caught.value.code == "too_large"
+        for raw in ("{not json", '{"type": "speak", "text": "no id"}'):
+            await tts.ws.send(raw)
+            assert protocol.parse_tts_server(await tts.ws.recv()).code == "bad_message"
+        await tts.ws.send(b"\x00\x01binary")
+        assert protocol.parse_tts_server(await tts.ws.recv()).code == "bad_message"
+        speech = await tts.speak("Still here.")
+    assert speech.audio_ms > 300 and not speech.cancelled

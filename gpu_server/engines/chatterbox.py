@@ -11,7 +11,7 @@ temperature, min-p, top-p) and S3Gen is run on growing windows of tokens:
   off again, so the flow model sees the speech it continues;
 - S3Gen renders the end of its input as the end of an utterance, so the last ``HOLDBACK_TOKENS`` of a
   non-final chunk are not emitted: the next chunk re-renders them with real right context, and the two
-  renderings are joined with a ``CROSSFADE_MS`` equal-gain crossfade;
+  renderings are joined with a ``CROSSFADE_MS`` linear crossfade (``Stitcher``, pure and CPU-tested);
 - when T3 stops (or hits the duration cap) the remainder is vocoded and flushed: no tail is ever dropped.
 
 Voice prompts (``<voices_dir>/<voice_id>.wav``) are turned into conditionals once per voice id and kept;
@@ -65,9 +65,6 @@ class ChatterboxSynthesizer:
         self._voice_lock = threading.Lock()
         self._watermarker = model.watermarker if watermark else None
         self._backend = self._make_backend()
-        n = SAMPLE_RATE * CROSSFADE_MS // 1000
-        self._fade_in = np.sqrt(np.linspace(0.0, 1.0, n, dtype=np.float32))
-        self._fade_out = np.sqrt(1.0 - np.linspace(0.0, 1.0, n, dtype=np.float32))
 
     @classmethod
     def load(cls, settings: Settings, *, cuda: bool) -> ChatterboxSynthesizer:
@@ -146,42 +143,27 @@ class ChatterboxSynthesizer:
         max_tokens = max(1, min(int(max_audio_s * TOKEN_RATE), t3.hp.max_speech_tokens))
 
         tokens: list[int] = []
-        emitted = 0  # samples of the utterance already yielded
-        tail = np.zeros(0, np.float32)  # rendered audio just past `emitted`, to crossfade into
+        stitcher = Stitcher()
         next_cut = FIRST_CHUNK_TOKENS
         with torch.inference_mode():
             for token in self._speech_tokens(conds.t3, text_tokens, max_tokens):
                 tokens.append(token)
                 if len(tokens) >= next_cut:
-                    chunk, emitted, tail = self._render(tokens, conds.gen, emitted, tail, final=False)
                     next_cut = len(tokens) + CHUNK_TOKENS
+                    chunk = self._render(stitcher, tokens, conds.gen, final=False)
                     if len(chunk):
                         yield chunk
             if tokens:
-                chunk, _, _ = self._render(tokens, conds.gen, emitted, tail, final=True)
+                chunk = self._render(stitcher, tokens, conds.gen, final=True)
                 if len(chunk):
                     yield chunk
 
-    def _render(
-        self, tokens: list[int], ref: dict, emitted: int, tail: np.ndarray, *, final: bool
-    ) -> tuple[np.ndarray, int, np.ndarray]:
+    def _render(self, stitcher: Stitcher, tokens: list[int], ref: dict, *, final: bool) -> np.ndarray:
         torch = self._torch
-        context_start = max(0, emitted // TOKEN_SAMPLES - CONTEXT_TOKENS)
-        window = torch.tensor(tokens[context_start:], dtype=torch.long, device=self._device)
+        start = stitcher.context_start()
+        window = torch.tensor(tokens[start:], dtype=torch.long, device=self._device)
         wav, _ = self._model.s3gen.inference(speech_tokens=window, ref_dict=ref)
-        wav = wav.squeeze(0).float().cpu().numpy()
-        # Where `emitted` falls in this rendering (scaled, in case S3Gen's length is off by a few samples).
-        per_token = len(wav) / max(1, len(tokens) - context_start)
-        offset = round((emitted / TOKEN_SAMPLES - context_start) * per_token)
-        fresh = wav[offset:].copy()
-        n = min(len(tail), len(fresh), len(self._fade_in))
-        if n:
-            fresh[:n] = tail[:n] * self._fade_out[:n] + fresh[:n] * self._fade_in[:n]
-        if final:
-            return self._watermark(fresh), emitted + len(fresh), np.zeros(0, np.float32)
-        keep = max(0, round((len(tokens) - context_start - HOLDBACK_TOKENS) * per_token) - offset)
-        chunk, tail = fresh[:keep], fresh[keep:]
-        return self._watermark(chunk), emitted + len(chunk), tail
+        return self._watermark(stitcher.join(wav.squeeze(0).float().cpu().numpy(), start, len(tokens), final=final))
 
     def _watermark(self, chunk: np.ndarray) -> np.ndarray:
         if self._watermarker is None or not len(chunk):
@@ -260,6 +242,39 @@ class ChatterboxSynthesizer:
                 output_hidden_states=True,
                 return_dict=True,
             )
+
+
+class Stitcher:
+    """Joins S3Gen renderings of overlapping token windows into one gapless, click-free stream. Pure.
+
+    Each rendering covers tokens ``[context_start(), n_tokens)``. ``join`` returns the new audio to emit:
+    everything past what was already emitted, minus the last ``HOLDBACK_TOKENS`` unless ``final``,
+    with its first ``CROSSFADE_MS`` crossfaded (linearly: both sides are renderings of the same speech,
+    so equal-gain keeps the level) into the previous rendering's held-back audio.
+    """
+
+    def __init__(self) -> None:
+        self.emitted = 0  # samples of the utterance already returned
+        self._tail = np.zeros(0, np.float32)  # previous rendering past `emitted`
+        n = SAMPLE_RATE * CROSSFADE_MS // 1000
+        self._fade_in = np.linspace(0.0, 1.0, n, endpoint=False, dtype=np.float32)
+
+    def context_start(self) -> int:
+        return max(0, self.emitted // TOKEN_SAMPLES - CONTEXT_TOKENS)
+
+    def join(self, wav: np.ndarray, context_start: int, n_tokens: int, *, final: bool) -> np.ndarray:
+        # Where `emitted` falls in this rendering, scaled in case S3Gen's length is off by a few samples.
+        per_token = len(wav) / max(1, n_tokens - context_start)
+        offset = round((self.emitted / TOKEN_SAMPLES - context_start) * per_token)
+        fresh = np.array(wav[offset:], dtype=np.float32)
+        n = min(len(self._tail), len(fresh), len(self._fade_in))
+        if n:
+            fade = self._fade_in[:n]
+            fresh[:n] = self._tail[:n] * (1.0 - fade) + fresh[:n] * fade
+        keep = len(fresh) if final else max(0, round((n_tokens - context_start - HOLDBACK_TOKENS) * per_token) - offset)
+        chunk, self._tail = fresh[:keep], fresh[keep:]
+        self.emitted += len(chunk)
+        return chunk
 
 
 class _NoWatermark:

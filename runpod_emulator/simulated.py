@@ -102,3 +102,5 @@ class SimulatedRunner:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        # Closed transports release their sockets in a callback; run it before the loop may shut down.
+        await asyncio.sleep(0)

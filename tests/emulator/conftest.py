@@ -7,6 +7,7 @@ need the server in their own loop use ``EmulatorServer`` directly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -77,3 +78,12 @@ def graphql(
 
 def admin_pod(server: EmulatorServer, pod_id: str) -> dict[str, Any]:
     return next(p for p in admin(server, "GET", "/pods").json() if p["id"] == pod_id)
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (a killed grandchild can linger as a zombie until init reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")

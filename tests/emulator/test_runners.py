@@ -14,7 +14,7 @@ import pytest
 from runpod_emulator.clock import FakeClock
 from runpod_emulator.server import EmulatorServer
 
-from .conftest import API_KEY, RTX_4090, make_settings
+from .conftest import API_KEY, RTX_4090, alive, make_settings
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 POD = "id desiredStatus runtime { ports { ip privatePort publicPort type } }"
@@ -90,15 +90,6 @@ async def wait_healthy(port: int, seconds: float = 15) -> httpx.Response:
             return response
         await asyncio.sleep(0.05)
     raise AssertionError(f"nothing healthy on port {port}")
-
-
-def alive(pid: int) -> bool:
-    """Running and not a zombie (a killed grandchild can linger as a zombie until init reaps it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 async def wait_dead(pid: int, seconds: float = 10) -> None:

@@ -11,8 +11,7 @@ import runpod
 
 from runpod_emulator.server import EmulatorServer
 
-from .conftest import API_KEY, RTX_4090, StartEmulator, make_settings
-from .test_runners import alive
+from .conftest import API_KEY, RTX_4090, StartEmulator, alive, make_settings
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 

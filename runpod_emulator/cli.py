@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--command",
         dest="pod_command",
+        metavar="COMMAND",
         help="process runner: command per pod, shell words (default: python -m gpu_server serve)",
     )
     serve.add_argument("--log-dir", help="process runner: directory for per-pod logs (default: a temp dir)")

@@ -32,7 +32,7 @@ from gpu_server.auth import issue_token
 from .domain import ACTIVE_LEASE_STATES, ClaimPath, LeaseState, PodPhase, PodRole, Policy
 from .loop import Controller
 from .provider import HostGpuBusy, NotFound, ProviderError
-from .store import LeaseRow, PodRow, SlotTaken, dumps
+from .store import DuplicateKey, LeaseRow, PodRow, SlotTaken, dumps
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
@@ -130,16 +130,8 @@ def ws_endpoints(pod: PodRow | None) -> dict[str, str] | None:
     return {"stt": f"{base}/ws/stt", "tts": f"{base}/ws/tts"}
 
 
-async def render_lease(ctl: Controller, lease: LeaseRow, pod: PodRow | None = None) -> dict[str, Any]:
-    if lease.pod_id and pod is None:
-        pod = await ctl.store.get_pod(lease.pod_id)
+def lease_body(lease: LeaseRow, pod: PodRow | None, queue_position: int | None) -> dict[str, Any]:
     ready = lease.state == LeaseState.READY.value and pod is not None
-    token = None
-    if ready:
-        token = issue_token(pod.secret, lease.id, pod.id, lease.expires_at)
-    queue_position = None
-    if lease.state == LeaseState.PENDING.value and lease.pod_id is None:
-        queue_position = await ctl.store.queue_position(lease)
     return {
         "id": lease.id,
         "session_id": lease.session_id,
@@ -147,13 +139,22 @@ async def render_lease(ctl: Controller, lease: LeaseRow, pod: PodRow | None = No
         "pod_id": lease.pod_id,
         "path": lease.path,
         "endpoints": ws_endpoints(pod) if ready else None,
-        "token": token,
+        "token": issue_token(pod.secret, lease.id, pod.id, lease.expires_at) if ready else None,
         "expires_at": iso(lease.expires_at),
         "created_at": iso(lease.created_at),
         "ready_at": iso(lease.ready_at),
         "queue_position": queue_position,
         "reason": lease.reason or None,
     }
+
+
+async def render_lease(ctl: Controller, lease: LeaseRow, pod: PodRow | None = None) -> dict[str, Any]:
+    if lease.pod_id and pod is None:
+        pod = await ctl.store.get_pod(lease.pod_id)
+    queue_position = None
+    if lease.state == LeaseState.PENDING.value and lease.pod_id is None:
+        queue_position = await ctl.store.queue_position(lease)
+    return lease_body(lease, pod, queue_position)
 
 
 async def render_pod(ctl: Controller, pod: PodRow, leases: list[LeaseRow]) -> dict[str, Any]:
@@ -199,50 +200,50 @@ async def create_lease(
     request_hash = hashlib.sha256(dumps(req.model_dump()).encode()).hexdigest()
     existing = await ctl.store.lease_by_key(key)
     if existing is None:
-        if await ctl.store.queue_length() >= cfg.queue_limit:
-            ctl.metrics.lease_requests.labels(result="queue_full").inc()
-            raise ApiError(503, "queue_full", "too many leases are waiting for a pod; retry later")
-        now = ctl.clock()
-        row = LeaseRow(
-            id="l_" + secrets.token_hex(8), session_id=req.session_id, voice_id=req.voice_id,
-            language=req.language, state=LeaseState.PENDING.value, idempotency_key=key,
-            request_hash=request_hash, created_at=now, expires_at=now + cfg.lease_ttl_s,
-        )
-        stored = await ctl.store.add_lease(row)
-        if stored.id == row.id:
-            return await _new_lease(ctl, stored)
-        existing = stored  # lost a race with the same key
+        try:
+            return await _new_lease(ctl, cfg, req, key, request_hash)
+        except DuplicateKey:
+            existing = await ctl.store.lease_by_key(key)  # lost a race with the same key
     if existing.request_hash != request_hash:
         ctl.metrics.lease_requests.labels(result="idempotency_mismatch").inc()
         raise ApiError(422, "idempotency_mismatch", "this Idempotency-Key was used with another body")
     ctl.metrics.lease_requests.labels(result="replay").inc()
-    if existing.first_response:
-        return Response(existing.first_response, status_code=200, media_type="application/json")
-    return JSONResponse(await render_lease(ctl, existing), status_code=200)
+    return Response(existing.first_response, status_code=200, media_type="application/json")
 
 
-async def _new_lease(ctl: Controller, lease: LeaseRow) -> Response:
-    policy = await ctl.store.get_policy(ctl.default_policy)
-    granted = False
-    for pod_id, used in await ctl.store.warm_candidates(policy.sessions_per_pod):
-        slot = next(s for s in range(policy.sessions_per_pod) if s not in used)
+async def _new_lease(ctl: Controller, cfg: ApiConfig, req: LeaseCreate, key: str, request_hash: str) -> Response:
+    """The warm path inline (a Ready pod with a free slot, checked by the insert itself), else pending.
+    The first response is stored with the row, so a replay returns it byte for byte."""
+    now = ctl.clock()
+    row = LeaseRow(
+        id="l_" + secrets.token_hex(8), session_id=req.session_id, voice_id=req.voice_id, language=req.language,
+        state=LeaseState.PENDING.value, idempotency_key=key, request_hash=request_hash, created_at=now,
+        expires_at=now + cfg.lease_ttl_s,
+    )
+    per_pod = ctl.policy.sessions_per_pod
+    for pod, used in await ctl.store.warm_candidates(per_pod):
+        warm = row.model_copy(update={
+            "pod_id": pod.id, "slot": next(s for s in range(per_pod) if s not in used),
+            "path": ClaimPath.WARM.value, "state": LeaseState.READY.value, "ready_at": now,
+        })
+        body = lease_body(warm, pod, None)
+        warm.first_response = json.dumps(body)
         try:
-            granted = await ctl.store.assign_lease(
-                lease.id, pod_id, slot, ClaimPath.WARM, ready=True, now=ctl.clock(), require_ready_pod=True
-            )
+            if await ctl.store.insert_lease(warm, require_ready_pod=True):
+                ctl.metrics.lease_requests.labels(result="warm").inc()
+                ctl.metrics.lease_wait.labels(path=ClaimPath.WARM.value).observe(ctl.clock() - now)
+                return JSONResponse(body, status_code=201)
         except SlotTaken:
-            granted = False
-        if granted:
-            break
-    lease = await ctl.store.get_lease(lease.id)
-    if granted:
-        ctl.metrics.lease_requests.labels(result="warm").inc()
-        ctl.metrics.lease_wait.labels(path=ClaimPath.WARM.value).observe(max(0.0, lease.ready_at - lease.created_at))
-    else:
-        ctl.metrics.lease_requests.labels(result="pending").inc()
+            continue  # another request took that slot a moment ago: try the next pod
+    queued = await ctl.store.queue_length()
+    if queued >= cfg.queue_limit:
+        ctl.metrics.lease_requests.labels(result="queue_full").inc()
+        raise ApiError(503, "queue_full", "too many leases are waiting for a pod; retry later")
+    body = lease_body(row, None, queued + 1)
+    row.first_response = json.dumps(body)
+    await ctl.store.insert_lease(row)
+    ctl.metrics.lease_requests.labels(result="pending").inc()
     ctl.wake()
-    body = await render_lease(ctl, lease)
-    await ctl.store.set_first_response(lease.id, json.dumps(body))
     return JSONResponse(body, status_code=201)
 
 
@@ -250,7 +251,7 @@ async def _new_lease(ctl: Controller, lease: LeaseRow) -> Response:
 async def get_lease(
     lease_id: str, ctl: Ctl, _: Companion, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0
 ) -> dict[str, Any]:
-    lease = await _lease_or_404(ctl, lease_id)
+    lease, pod = await _lease_or_404(ctl, lease_id)
     deadline = asyncio.get_running_loop().time() + wait
     while lease.state == LeaseState.PENDING.value:
         remaining = deadline - asyncio.get_running_loop().time()
@@ -261,21 +262,21 @@ async def get_lease(
                 await asyncio.wait_for(ctl.lease_changed.wait(), min(remaining, 1.0))
             except TimeoutError:
                 pass
-        lease = await _lease_or_404(ctl, lease_id)
-    return await render_lease(ctl, lease)
+        lease, pod = await _lease_or_404(ctl, lease_id)
+    return await render_lease(ctl, lease, pod)
 
 
 @leases.post("/{lease_id}/heartbeat")
 async def heartbeat(lease_id: str, request: Request, ctl: Ctl, _: Companion) -> dict[str, Any]:
     cfg: ApiConfig = request.app.state.api_config
     now = ctl.clock()
-    lease = await ctl.store.heartbeat(lease_id, now + cfg.lease_ttl_s, now)
+    lease, pod = await ctl.store.heartbeat(lease_id, now + cfg.lease_ttl_s, now)
     if lease is None:
         raise ApiError(404, "not_found", f"no lease {lease_id}")
     if lease.state not in ACTIVE_LEASE_STATES or lease.expires_at <= now:
         raise ApiError(409, "lease_ended", f"lease {lease_id} is {lease.state}" + (
             f": {lease.reason}" if lease.reason else ""))
-    return await render_lease(ctl, lease)
+    return await render_lease(ctl, lease, pod)
 
 
 @leases.delete("/{lease_id}")
@@ -283,7 +284,8 @@ async def release(lease_id: str, ctl: Ctl, _: Companion) -> dict[str, Any]:
     lease = await ctl.store.end_lease(lease_id, LeaseState.RELEASED, "released by the client", ctl.clock())
     if lease is None:
         raise ApiError(404, "not_found", f"no lease {lease_id}")
-    ctl.wake()
+    if await ctl.store.queue_length():
+        ctl.wake()  # a freed slot can serve a waiting lease now; otherwise the idle clock needs no hurry
     async with ctl.lease_changed:
         ctl.lease_changed.notify_all()
     return await render_lease(ctl, lease)
@@ -298,11 +300,11 @@ async def list_leases(
     return {"leases": [await render_lease(ctl, row) for row in rows]}
 
 
-async def _lease_or_404(ctl: Controller, lease_id: str) -> LeaseRow:
-    lease = await ctl.store.get_lease(lease_id)
+async def _lease_or_404(ctl: Controller, lease_id: str) -> tuple[LeaseRow, PodRow | None]:
+    lease, pod = await ctl.store.lease_with_pod(lease_id)
     if lease is None:
         raise ApiError(404, "not_found", f"no lease {lease_id}")
-    return lease
+    return lease, pod
 
 
 # ----------------------------------------------------------------------------------------------- admin
@@ -389,6 +391,7 @@ async def patch_policy(request: Request, ctl: Ctl, _: Admin) -> dict[str, Any]:
     except ValidationError as e:
         raise ApiError(422, "invalid_policy", _first_error(e)) from None
     await ctl.store.set_policy(merged)
+    ctl.policy = merged
     await ctl.store.add_events([(ctl.clock(), "policy", "PolicyChanged", dumps(patch.model_dump(exclude_none=True)))])
     ctl.wake()
     return merged.model_dump()

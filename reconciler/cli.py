@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from .settings import Settings
 
@@ -28,7 +30,7 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("apscheduler", "httpx", "uvicorn.access"):
+    for noisy in ("apscheduler", "httpx", "uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -66,7 +68,10 @@ async def _run(settings: Settings) -> None:
     settings = settings.model_copy(update={k: _secret(k, v) for k, v in updates.items()})
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.request_exit)
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
     print(f"harper controller: API {url}  (OpenAPI {url}/docs, metrics {url}/metrics)", flush=True)
     print(f"  database: {_db_location(settings.database_url)}", flush=True)
@@ -84,6 +89,18 @@ async def _run(settings: Settings) -> None:
             await emulator.stop()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ours ends it gracefully, then the emulator and its pods."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+    def request_exit(self) -> None:
+        log.info("shutting down")
+        self.should_exit = True
+
+
 def _secret(name: str, value: object) -> object:
     from pydantic import SecretStr
 
@@ -96,18 +113,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                       ("runner", "HARPER_LOCAL_RUNNER")):
         if getattr(args, flag):
             os.environ[env] = str(getattr(args, flag))
-    settings = Settings()
-    _setup_logging(settings.log_level)
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(_run(settings))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
     try:
-        loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        pass
-    finally:
-        loop.close()
+        settings = Settings()
+        settings.default_policy(), settings.tuning()  # fail here, with the setting named, not mid-start
+    except ValidationError as e:
+        err = e.errors()[0]
+        print(f"reconciler: bad setting {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    asyncio.run(_run(settings))
     return 0
 
 

@@ -58,6 +58,7 @@ class Controller:
         self.provider = provider
         self.template = template
         self.default_policy = default_policy
+        self.policy = default_policy  # the stored policy as of the last pass or PATCH
         self.tuning = tuning
         self.metrics = metrics
         self.interval_s = interval_s
@@ -77,7 +78,7 @@ class Controller:
 
     # -- lifecycle
     async def start(self) -> None:
-        await self.store.get_policy(self.default_policy)  # writes the defaults into a new database
+        self.policy = await self.store.get_policy(self.default_policy)  # writes the defaults to a new database
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler.add_job(
             self._scheduled_pass, "interval", seconds=self.interval_s, id="reconcile", max_instances=1,
@@ -156,7 +157,7 @@ class Controller:
         return actions
 
     async def _desired(self, now: float) -> Desired:
-        policy = await self.store.get_policy(self.default_policy)
+        policy = self.policy = await self.store.get_policy(self.default_policy)
         await self._refresh_prices(policy)
         unavailable = {row.gpu_type: row.unavailable_until for row in await self.store.gpu_types()}
         pods = tuple(pod_from_row(r) for r in await self.store.live_pods())

@@ -129,52 +129,51 @@ PROVIDER_ACTIONS = (CreatePod, ResumePod, StopPod, TerminatePod, TerminateOrphan
 
 def sync_pod(pod: Pod, seen: ObservedPod | None, tuning: Tuning, now: float) -> Pod:
     """What the record of ``pod`` should say, given what RunPod reports (``None``: not listed)."""
+    changes = sync_changes(pod, seen, tuning, now)
+    return replace(pod, **changes) if changes else pod
+
+
+def sync_changes(pod: Pod, seen: ObservedPod | None, tuning: Tuning, now: float) -> dict[str, object]:
+    """The fields of ``pod`` that differ from what RunPod reports; a new phase brings ``phase_since``."""
     P = PodPhase
+    want: dict[str, object] = {}
     if seen is None:
         if pod.phase in (P.FAILED, P.TERMINATED):
-            return pod
-        if pod.phase == P.CREATING:
+            pass
+        elif pod.phase == P.CREATING:
             if pod.runpod_id is None and now - pod.phase_since >= tuning.create_grace_s:
-                return _to(pod, P.FAILED, now, reason="never appeared at RunPod")
-            return pod
-        reason = "terminated" if pod.phase == P.TERMINATING else "vanished from RunPod"
-        return _to(pod, P.TERMINATED, now, reason=reason, endpoint_host=None, endpoint_port=None)
-
-    pod = _with(
-        pod,
-        runpod_id=seen.runpod_id,
-        cost_per_hr=seen.cost_per_hr or pod.cost_per_hr,
-        endpoint_host=seen.endpoint_host,
-        endpoint_port=seen.endpoint_port,
-    )
-    if pod.phase == P.TERMINATING:
-        return pod
-    if seen.desired_status != "RUNNING":
-        return _to(pod, P.STOPPED, now, unhealthy_since=None)
-    if pod.phase == P.STOPPING and now - pod.phase_since < tuning.stop_timeout_s:
-        return pod
-    if seen.healthy:
-        if pod.phase == P.READY:
-            return _with(pod, unhealthy_since=None)
-        return _to(pod, P.READY, now, was_ready=True, ready_at=now, unhealthy_since=None, idle_since=now)
-    if pod.phase == P.READY:
-        # One failed probe does not take a pod out of service; ``unhealthy_timeout_s`` of them does.
-        return pod if pod.unhealthy_since is not None else _with(pod, unhealthy_since=now)
-    return _to(pod, P.STARTING, now)
-
-
-def _with(pod: Pod, **changes: object) -> Pod:
-    changed = {k: v for k, v in changes.items() if getattr(pod, k) != v}
-    return replace(pod, **changed) if changed else pod
-
-
-def _to(pod: Pod, phase: PodPhase, now: float, **changes: object) -> Pod:
-    if pod.phase == phase:
-        return _with(pod, **changes)
-    return replace(_with(pod, **changes), phase=phase, phase_since=now)
+                want = {"phase": P.FAILED, "reason": "never appeared at RunPod"}
+        else:
+            reason = "terminated" if pod.phase == P.TERMINATING else "vanished from RunPod"
+            want = {"phase": P.TERMINATED, "reason": reason, "endpoint_host": None, "endpoint_port": None}
+    else:
+        want = {"runpod_id": seen.runpod_id, "cost_per_hr": seen.cost_per_hr or pod.cost_per_hr,
+                "endpoint_host": seen.endpoint_host, "endpoint_port": seen.endpoint_port}
+        if pod.phase == P.TERMINATING:
+            pass
+        elif seen.desired_status != "RUNNING":
+            want |= {"phase": P.STOPPED, "unhealthy_since": None}
+        elif pod.phase == P.STOPPING and now - pod.phase_since < tuning.stop_timeout_s:
+            pass
+        elif seen.healthy:
+            want["unhealthy_since"] = None
+            if pod.phase != P.READY:
+                want |= {"phase": P.READY, "was_ready": True, "ready_at": now, "idle_since": now}
+        elif pod.phase == P.READY:
+            # One failed probe does not take a pod out of service; ``unhealthy_timeout_s`` of them does.
+            if pod.unhealthy_since is None:
+                want["unhealthy_since"] = now
+        else:
+            want["phase"] = P.STARTING
+    changes = {k: v for k, v in want.items() if getattr(pod, k) != v}
+    if "phase" in changes:
+        changes["phase_since"] = now
+    return changes
 
 
 def _diff(old: Pod, new: Pod) -> tuple[tuple[str, object], ...]:
+    if old is new:
+        return ()
     return tuple((f, getattr(new, f)) for f in old.__slots__ if getattr(old, f) != getattr(new, f))
 
 
@@ -224,11 +223,11 @@ class _Plan:
         running = [p for p in self.pods.values() if p.phase in GPU_PHASES]
         return len(running), sum(self.pod_cost(p) for p in running)
 
-    def may_start(self, cost: float) -> str | None:
-        """None if one more pod may hold a GPU now, else why not."""
+    def may_start(self, cost: float, usage: tuple[int, float] | None = None) -> str | None:
+        """None if one more pod may hold a GPU now, else why not. ``usage``: (count, $/h) if known."""
         if self.policy.paused:
             return "paused"
-        count, spend = self.gpu_usage()
+        count, spend = usage or self.gpu_usage()
         if count + 1 > self.policy.max_pods:
             return f"max_pods {self.policy.max_pods} reached"
         if spend + cost > self.policy.budget_usd_per_hour + 1e-9:
@@ -262,7 +261,13 @@ def plan(desired: Desired, observed: Observed, now: float) -> list[Action]:
 
 def _sync_all(p: _Plan, observed: Observed) -> None:
     for pod in p.d.pods:
-        p.set_pod(pod, sync_pod(pod, observed.pods.get(pod.name), p.tuning, p.now))
+        changes = sync_changes(pod, observed.pods.get(pod.name), p.tuning, p.now)
+        if changes:
+            new = replace(pod, **changes)
+            p.actions.append(UpdatePod(pod.id, tuple(changes.items()), new.reason))
+            p.pods[pod.id] = new
+        else:
+            p.pods[pod.id] = pod
 
 
 def _settle_leases(p: _Plan) -> list[Lease]:
@@ -327,6 +332,8 @@ def _claim(p: _Plan, queue: list[Lease]) -> None:
         key=lambda pod: (_type_rank(p, pod.gpu_type), -(pod.ready_at or 0.0), pod.id),
     )
     blocked = False
+    count, spend = p.gpu_usage()  # kept up to date below: one pass over the pods, not one per lease
+    coming = 0  # free slots on pods created in this pass
     for lease in queue:
         target = _first_with_slot(p, warm) or _first_with_slot(p, starting)
         if target is not None:
@@ -342,8 +349,12 @@ def _claim(p: _Plan, queue: list[Lease]) -> None:
             continue
         if blocked or p.provider_budget <= 0:
             continue  # leases are served in order: once one has to wait, later ones wait too
-        if stopped and p.may_start(p.pod_cost(stopped[0])) is None:
+        if coming > 0:
+            coming -= 1  # a pod created this pass has a slot for it: assigned on the next pass
+            continue
+        if stopped and p.may_start(p.pod_cost(stopped[0]), (count, spend)) is None:
             pod = stopped.pop(0)
+            count, spend = count + 1, spend + p.pod_cost(pod)
             p.emit(ResumePod(pod.id, lease.id, "standby resumed for a lease"))
             resumed = replace(pod, phase=P.STARTING, phase_since=p.now, role=PodRole.SERVING)
             p.pods[pod.id] = resumed
@@ -351,8 +362,10 @@ def _claim(p: _Plan, queue: list[Lease]) -> None:
             starting.append(resumed)
             continue
         gpu_type = p.next_gpu_type()
-        if gpu_type is not None and p.may_start(p.d.prices.get(gpu_type, 0.0)) is None:
+        if gpu_type is not None and p.may_start(p.d.prices.get(gpu_type, 0.0), (count, spend)) is None:
             p.emit(CreatePod(gpu_type, PodRole.SERVING, lease.id, "cold create for a lease"))
+            count, spend = count + 1, spend + p.d.prices.get(gpu_type, 0.0)
+            coming += p.policy.sessions_per_pod - 1
             placeholder = Pod(
                 id=f"~{lease.id}", role=PodRole.SERVING, phase=P.CREATING, gpu_type=gpu_type,
                 created_at=p.now, phase_since=p.now, cost_per_hr=p.d.prices.get(gpu_type, 0.0),

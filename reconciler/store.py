@@ -50,6 +50,10 @@ class SlotTaken(StoreError):
     """Another active lease holds that pod slot."""
 
 
+class DuplicateKey(StoreError):
+    """A lease with that idempotency key exists already."""
+
+
 # ------------------------------------------------------------------------------------------------ tables
 
 
@@ -191,7 +195,8 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
+        # The session already rolls back what it leaves open; a second reset on return is a wasted round trip.
+        self.engine: AsyncEngine = create_async_engine(url, pool_reset_on_return=None, pool_size=8)
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 
@@ -332,27 +337,32 @@ class Store:
             )
             return list((await s.exec(query)).all())
 
-    async def add_lease(self, row: LeaseRow) -> LeaseRow:
-        """Insert a new lease; if its idempotency key exists already, return that lease instead."""
+    async def insert_lease(self, row: LeaseRow, require_ready_pod: bool = False) -> bool:
+        """Insert a lease. With ``require_ready_pod`` (a warm grant onto ``row.pod_id``) the insert happens only
+        if that pod is Ready, healthy and uncordoned at that moment: one statement, no window for a stop.
+        Raises ``SlotTaken`` or ``DuplicateKey``; returns False if the pod was not Ready."""
         async with self.session() as s:
-            s.add(row)
             try:
+                if not require_ready_pod:
+                    s.add(row)
+                    await s.commit()
+                    return True
+                values = row.model_dump()
+                columns = ", ".join(values)
+                result = await s.exec(
+                    text(
+                        f"INSERT INTO leases ({columns}) SELECT {', '.join(':' + c for c in values)} "
+                        "WHERE EXISTS (SELECT 1 FROM pods WHERE pods.id = :pod_id AND pods.phase = 'ready' "
+                        "AND NOT pods.cordoned AND pods.unhealthy_since IS NULL)"
+                    ).bindparams(**values)
+                )
                 await s.commit()
-                return row
-            except IntegrityError:
+                return result.rowcount == 1
+            except IntegrityError as e:
                 await s.rollback()
-        existing = await self.lease_by_key(row.idempotency_key)
-        if existing is None:
-            raise StoreError("lease could not be stored")
-        return existing
-
-    async def set_first_response(self, lease_id: str, body: str) -> None:
-        async with self.session() as s:
-            await s.exec(
-                update(LeaseRow).where(col(LeaseRow.id) == lease_id, col(LeaseRow.first_response) == "")
-                .values(first_response=body)
-            )
-            await s.commit()
+                if "idempotency_key" in str(e):
+                    raise DuplicateKey("that idempotency key names another lease") from e
+                raise SlotTaken("that pod slot is held by another active lease") from e
 
     async def queue_position(self, lease: LeaseRow) -> int:
         async with self.session() as s:
@@ -375,19 +385,16 @@ class Store:
             return {state: count for state, count in rows}
 
     async def assign_lease(
-        self, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float,
-        require_ready_pod: bool = False,
+        self, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float
     ) -> bool:
-        """Put a pending lease on a pod slot. With ``require_ready_pod`` the pod must be Ready, healthy and
-        uncordoned at the moment of the write (one statement), so a concurrent stop cannot slip between."""
+        """Put a pending lease on a pod slot (the database refuses a slot held by another active lease)."""
         async with self.session() as s:
-            ok = await self._assign(s, lease_id, pod_id, slot, path, ready, now, require_ready_pod)
+            ok = await self._assign(s, lease_id, pod_id, slot, path, ready, now)
             await self._commit(s)
             return ok
 
     async def _assign(
-        self, s: AsyncSession, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool,
-        now: float, require_ready_pod: bool = False,
+        self, s: AsyncSession, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float
     ) -> bool:
         values: dict[str, object] = {"pod_id": pod_id, "slot": slot, "path": path.value}
         if ready:
@@ -396,33 +403,33 @@ class Store:
             col(LeaseRow.id) == lease_id, col(LeaseRow.state) == LeaseState.PENDING.value,
             col(LeaseRow.pod_id).is_(None),
         )
-        if require_ready_pod:
-            query = query.where(
-                text(
-                    "EXISTS (SELECT 1 FROM pods WHERE pods.id = :ready_pod AND pods.phase = 'ready' "
-                    "AND NOT pods.cordoned AND pods.unhealthy_since IS NULL)"
-                ).bindparams(ready_pod=pod_id)
-            )
-        result = await s.exec(query.values(**values))
+        try:
+            result = await s.exec(query.values(**values))
+        except IntegrityError as e:  # SQLite checks the unique index at the statement, not at commit
+            await s.rollback()
+            raise SlotTaken("that pod slot is held by another active lease") from e
         return result.rowcount == 1
 
-    async def warm_candidates(self, sessions_per_pod: int, limit: int = 8) -> list[tuple[str, list[int]]]:
+    async def warm_candidates(self, sessions_per_pod: int, limit: int = 8) -> list[tuple[PodRow, list[int]]]:
         """Ready pods with a free slot, busiest first (bin-packing), with the slots in use on each."""
         async with self.session() as s:
-            rows = (
+            used_rows = (
                 await s.exec(
                     text(
-                        "SELECT p.id, (SELECT group_concat(l.slot) FROM leases l WHERE l.pod_id = p.id "
-                        "AND l.state IN ('pending', 'ready')) AS used FROM pods p "
-                        "WHERE p.phase = 'ready' AND NOT p.cordoned AND p.unhealthy_since IS NULL"
+                        "SELECT l.pod_id, l.slot FROM leases l JOIN pods p ON p.id = l.pod_id "
+                        "WHERE l.state IN ('pending', 'ready') AND p.phase = 'ready'"
                     )
                 )
             ).all()
-        found = []
-        for pod_id, used in rows:
-            slots = [int(x) for x in used.split(",")] if used else []
-            if len(slots) < sessions_per_pod:
-                found.append((pod_id, slots))
+            used: dict[str, list[int]] = {}
+            for pod_id, slot in used_rows:
+                used.setdefault(pod_id, []).append(slot)
+            query = select(PodRow).where(
+                col(PodRow.phase) == PodPhase.READY.value, col(PodRow.cordoned).is_(False),
+                col(PodRow.unhealthy_since).is_(None),
+            )
+            pods = (await s.exec(query)).all()
+        found = [(pod, used.get(pod.id, [])) for pod in pods if len(used.get(pod.id, [])) < sessions_per_pod]
         found.sort(key=lambda item: -len(item[1]))
         return found[:limit]
 
@@ -460,7 +467,20 @@ class Store:
                 await s.commit()
             return row
 
-    async def heartbeat(self, lease_id: str, expires_at: float, now: float) -> LeaseRow | None:
+    async def lease_with_pod(self, lease_id: str) -> tuple[LeaseRow | None, PodRow | None]:
+        """A lease and its pod in one round trip (the hot path of GET and heartbeat)."""
+        async with self.session() as s:
+            return await self._lease_with_pod(s, lease_id)
+
+    async def _lease_with_pod(self, s: AsyncSession, lease_id: str) -> tuple[LeaseRow | None, PodRow | None]:
+        query = select(LeaseRow, PodRow).outerjoin(PodRow, col(PodRow.id) == col(LeaseRow.pod_id)).where(
+            col(LeaseRow.id) == lease_id
+        )
+        row = (await s.exec(query, execution_options={"populate_existing": True})).first()
+        return (row[0], row[1]) if row else (None, None)
+
+    async def heartbeat(self, lease_id: str, expires_at: float, now: float) -> tuple[LeaseRow | None, PodRow | None]:
+        """Extend an active, unexpired lease; returns the lease (as it now is) and its pod."""
         async with self.session() as s:
             await s.exec(
                 update(LeaseRow)
@@ -469,8 +489,9 @@ class Store:
                        col(LeaseRow.expires_at) > now)
                 .values(expires_at=expires_at)
             )
+            result = await self._lease_with_pod(s, lease_id)
             await s.commit()
-            return await s.get(LeaseRow, lease_id, populate_existing=True)
+            return result
 
     async def _commit(self, s: AsyncSession) -> None:
         try:

@@ -193,6 +193,13 @@ def test_sessions_per_pod_fills_slots_before_creating():
     assert [a.lease_id for a in of(actions, CreatePod)] == ["l2"]
 
 
+def test_one_create_serves_several_leases_when_pods_have_several_slots():
+    leases = [lease(f"l{i}", created_at=NOW - 100 + i) for i in range(5)]
+    policy = Policy(standby_count=0, sessions_per_pod=2, max_pods=100)
+    actions = plan(desired([], leases, policy=policy), Observed(), NOW)
+    assert [a.lease_id for a in of(actions, CreatePod)] == ["l0", "l2", "l4"]
+
+
 def test_provider_actions_are_capped_per_pass():
     leases = [lease(f"l{i}", created_at=NOW - 100 + i) for i in range(10)]
     actions = plan(desired([], leases, policy=Policy(standby_count=0, max_pods=100), max_provider_actions=3), Observed(), NOW)

@@ -1,0 +1,312 @@
+"""Controller benchmarks: plan() scaling, lease API latency under load, warm-path grant latency.
+
+    .venv/bin/python bench/controller.py [--quick]
+
+1. plan() on N pods + N leases (N = 10, 100, 1,000, 5,000): median time and time per item, with the
+   ratio to N = 10 (linear growth keeps the per-item time flat). Target: 1,000 under 20 ms.
+2. The lease API with 1,000 active leases, the controller and the emulator each in their own process:
+   an open-loop load at 200 requests/s (heartbeat 60 %, GET 30 %, create+release 10 %) for p50/p99, then a
+   closed loop for the throughput ceiling. Baseline in the same run: GET /healthz (no database).
+   Target: p99 under 25 ms at 200 requests/s.
+3. Warm-path grant: POST /v1/leases answered ``ready`` inline while a Ready pod has a free slot.
+   Target: under 50 ms from POST to ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from reconciler.domain import (  # noqa: E402
+    Desired,
+    Lease,
+    LeaseState,
+    Observed,
+    ObservedPod,
+    Pod,
+    PodPhase,
+    PodRole,
+    Policy,
+    Tuning,
+)
+from reconciler.planning import plan  # noqa: E402
+
+GPU = "NVIDIA GeForce RTX 4090"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+# ------------------------------------------------------------------------------------------------ plan()
+
+
+def scenario(n: int, now: float = 1e6) -> tuple[Desired, Observed]:
+    rng = random.Random(n)
+    pods, seen, leases = [], {}, []
+    phases = [PodPhase.READY] * 6 + [PodPhase.STOPPED, PodPhase.STARTING, PodPhase.STOPPING, PodPhase.CREATING]
+    for i in range(n):
+        phase = phases[i % len(phases)]
+        pod = Pod(id=f"p{i}", role=PodRole.SERVING if phase != PodPhase.STOPPED else PodRole.STANDBY,
+                  phase=phase, gpu_type=GPU, created_at=now - 5000, phase_since=now - rng.uniform(0, 400),
+                  runpod_id=f"rp{i}", cost_per_hr=0.69, was_ready=True, ready_at=now - 1000,
+                  idle_since=now - rng.uniform(0, 600) if rng.random() < 0.3 else None)
+        pods.append(pod)
+        status = "EXITED" if phase == PodPhase.STOPPED else "RUNNING"
+        seen[pod.name] = ObservedPod(f"rp{i}", pod.name, status, cost_per_hr=0.69, endpoint_host="10.0.0.1",
+                                     endpoint_port=20000 + i, healthy=phase == PodPhase.READY)
+    ready = [p for p in pods if p.phase == PodPhase.READY]
+    for i in range(n):
+        if i < len(ready) and rng.random() < 0.7:
+            leases.append(Lease(f"l{i}", f"s{i}", LeaseState.READY, now - 100, now + rng.uniform(-5, 60),
+                                pod_id=ready[i].id, slot=0))
+        else:
+            leases.append(Lease(f"l{i}", f"s{i}", LeaseState.PENDING, now - rng.uniform(0, 50), now + 60))
+    policy = Policy(max_pods=n * 2, budget_usd_per_hour=n * 2.0)
+    return Desired(policy, Tuning(), tuple(pods), tuple(leases), {}, {GPU: 0.69}, {}), Observed(seen)
+
+
+def bench_plan(sizes: list[int], repeats: int) -> None:
+    print("\n== plan(desired, observed, now): N pods + N leases ==")
+    print(f"{'N':>6} {'median ms':>10} {'p95 ms':>8} {'us/item':>8} {'x per-item vs N=10':>19} {'actions':>8}")
+    base = None
+    for n in sizes:
+        desired, observed = scenario(n)
+        times, actions = [], 0
+        runs = max(5, repeats if n <= 1000 else repeats // 4)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            actions = len(plan(desired, observed, 1e6))
+            times.append((time.perf_counter() - t0) * 1000)
+        med = statistics.median(times)
+        per_item = med * 1000 / (2 * n)
+        base = base or per_item
+        print(f"{n:>6} {med:>10.2f} {pct(times, 95):>8.2f} {per_item:>8.2f} {per_item / base:>19.2f} {actions:>8}")
+
+
+# ------------------------------------------------------------------------------------------ lease API
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """Emulator and controller as separate processes, like a deployment."""
+
+    def __init__(self, workdir: Path, sessions_per_pod: int) -> None:
+        self.workdir = workdir
+        self.emu_port, self.port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.companion = {"Authorization": "Bearer bench-companion"}
+        self.admin = {"Authorization": "Bearer bench-admin"}
+        self.sessions_per_pod = sessions_per_pod
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        log = open(self.workdir / "stack.log", "w")  # noqa: SIM115
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "runpod_emulator", "serve", "--port", str(self.emu_port), "--api-key", "bench",
+             "--runner", "simulated", "--boot-seconds", "0.2", "--load-seconds", "0.2"],
+            stdout=log, stderr=log))
+        env = dict(os.environ) | {
+            "HARPER_RUNPOD_API_KEY": "bench", "HARPER_RUNPOD_API_URL": f"http://127.0.0.1:{self.emu_port}",
+            "HARPER_DATABASE_URL": f"sqlite+aiosqlite:///{self.workdir / 'bench.db'}",
+            "HARPER_API_TOKEN": "bench-companion", "HARPER_ADMIN_TOKEN": "bench-admin",
+            "HARPER_PORT": str(self.port), "HARPER_SESSIONS_PER_POD": str(self.sessions_per_pod),
+            "HARPER_MAX_PODS": "40", "HARPER_BUDGET_USD_PER_HOUR": "100", "HARPER_LEASE_TTL_S": "600",
+            "HARPER_IDLE_TTL_S": "600", "HARPER_RECONCILE_INTERVAL_S": "2", "HARPER_LOG_LEVEL": "WARNING",
+            "HARPER_QUEUE_LIMIT": "5000",
+        }
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "reconciler", "run"], env=env, stdout=log,
+                                           stderr=log))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"controller did not start; see {self.workdir / 'stack.log'}")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def fill_leases(stack: Stack, n: int) -> list[str]:
+    async with httpx.AsyncClient(base_url=stack.url, headers=stack.companion, timeout=30) as http:
+        sem = asyncio.Semaphore(16)
+
+        async def one(i: int) -> str:
+            async with sem:
+                r = await http.post("/v1/leases", json={"session_id": f"bench-{i}"})
+                if r.status_code not in (200, 201):
+                    raise RuntimeError(f"lease create failed: {r.status_code} {r.text[:300]}")
+                return r.json()["id"]
+
+        ids = await asyncio.gather(*(one(i) for i in range(n)))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 180:
+            r = await http.get("/v1/leases", params={"state": "ready", "limit": n}, headers=stack.admin)
+            ready = len(r.json()["leases"])
+            print(f"   {ready}/{n} leases ready", end="\r", flush=True)
+            if ready >= n:
+                break
+            await asyncio.sleep(1)
+        print()
+        return list(ids)
+
+
+async def open_loop(stack: Stack, lease_ids: list[str], rate: float, seconds: float) -> dict[str, list[float]]:
+    rng = random.Random(5)
+    lat: dict[str, list[float]] = {"heartbeat": [], "get": [], "create+release": [], "all": [], "errors": []}
+    async with httpx.AsyncClient(base_url=stack.url, headers=stack.companion, timeout=10,
+                                 limits=httpx.Limits(max_connections=64)) as http:
+
+        async def one(i: int) -> None:
+            roll = rng.random()
+            t0 = time.perf_counter()
+            try:
+                if roll < 0.6:
+                    kind = "heartbeat"
+                    r = await http.post(f"/v1/leases/{rng.choice(lease_ids)}/heartbeat")
+                elif roll < 0.9:
+                    kind = "get"
+                    r = await http.get(f"/v1/leases/{rng.choice(lease_ids)}")
+                else:
+                    kind = "create+release"
+                    r = await http.post("/v1/leases", json={"session_id": f"load-{i}-{rng.random()}"})
+                    if r.status_code in (200, 201):
+                        r = await http.delete(f"/v1/leases/{r.json()['id']}")
+                if r.status_code >= 400:
+                    lat["errors"].append(1)
+            except httpx.HTTPError:
+                lat["errors"].append(1)
+                return
+            ms = (time.perf_counter() - t0) * 1000
+            lat[kind].append(ms)
+            lat["all"].append(ms)
+
+        tasks = []
+        start = time.perf_counter()
+        i = 0
+        while (elapsed := time.perf_counter() - start) < seconds:
+            target = int(elapsed * rate)
+            while i < target:
+                tasks.append(asyncio.create_task(one(i)))
+                i += 1
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+    return lat
+
+
+async def closed_loop(stack: Stack, lease_ids: list[str], concurrency: int, seconds: float, path: str) -> float:
+    done = 0
+    async with httpx.AsyncClient(base_url=stack.url, headers=stack.companion, timeout=10,
+                                 limits=httpx.Limits(max_connections=concurrency)) as http:
+        stop = time.perf_counter() + seconds
+        rng = random.Random(9)
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                if path == "healthz":
+                    await http.get("/healthz")
+                else:
+                    await http.post(f"/v1/leases/{rng.choice(lease_ids)}/heartbeat")
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / seconds
+
+
+async def healthz_baseline(stack: Stack, n: int, rate: float) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await http.get("/healthz")
+            out.append((time.perf_counter() - t0) * 1000)
+            await asyncio.sleep(1 / rate)
+    return out
+
+
+async def warm_grants(stack: Stack, n: int) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(base_url=stack.url, headers=stack.companion, timeout=10) as http:
+        for i in range(n):
+            t0 = time.perf_counter()
+            r = await http.post("/v1/leases", json={"session_id": f"warm-{i}"})
+            ms = (time.perf_counter() - t0) * 1000
+            body = r.json()
+            if body["state"] == "ready" and body["path"] == "warm":
+                out.append(ms)
+            await http.delete(f"/v1/leases/{body['id']}")
+    return out
+
+
+def bench_api(active: int, seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp), sessions_per_pod=50)
+        stack.start()
+        try:
+            print(f"\n== lease API with {active} active leases (controller + emulator in their own processes) ==")
+            ids = asyncio.run(fill_leases(stack, active))
+            base = asyncio.run(healthz_baseline(stack, 300, 200))
+            lat = asyncio.run(open_loop(stack, ids, 200, seconds))
+            n = len(lat["all"])
+            print(f"open loop 200 req/s for {seconds:.0f}s: {n} requests, {len(lat['errors'])} errors")
+            print(f"{'request':>16} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'x p50 vs /healthz':>18}")
+            b50 = statistics.median(base)
+            print(f"{'/healthz (base)':>16} {len(base):>6} {b50:>8.2f} {pct(base, 99):>8.2f} {1.0:>18.2f}")
+            for kind in ("heartbeat", "get", "create+release", "all"):
+                v = lat[kind]
+                if v:
+                    p50 = statistics.median(v)
+                    print(f"{kind:>16} {len(v):>6} {p50:>8.2f} {pct(v, 99):>8.2f} {p50 / b50:>18.2f}")
+            hb = asyncio.run(closed_loop(stack, ids, 16, 5.0, "heartbeat"))
+            hz = asyncio.run(closed_loop(stack, ids, 16, 5.0, "healthz"))
+            print(f"closed loop, 16 connections: heartbeat {hb:.0f} req/s, /healthz {hz:.0f} req/s "
+                  f"(ratio {hb / hz:.2f})")
+            print("\n== warm-path grant: POST /v1/leases -> ready inline ==")
+            grants = asyncio.run(warm_grants(stack, 200))
+            print(f"{len(grants)} warm grants: p50 {statistics.median(grants):.2f} ms, p95 {pct(grants, 95):.2f} ms, "
+                  f"p99 {pct(grants, 99):.2f} ms")
+        finally:
+            stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (for a smoke test)")
+    parser.add_argument("--skip-api", action="store_true", help="plan() only")
+    args = parser.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    bench_plan([10, 100, 1000, 5000], repeats=10 if args.quick else 40)
+    if not args.skip_api:
+        bench_api(active=200 if args.quick else 1000, seconds=5.0 if args.quick else 15.0)
+
+
+if __name__ == "__main__":
+    main()

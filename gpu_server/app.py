@@ -1,4 +1,4 @@
-"""The FastAPI app: lifespan (settings, metrics, model gates, background model loading), `/health`,
+"""The FastAPI app: lifespan (settings, metrics, the TTS gate and STT batcher, background model loading), `/health`,
 `/metrics`, and the two WebSockets from `gpu_server.sockets`.
 
 ``create_app(settings, load=...)`` builds one app; ``load`` is the blocking function that returns the
@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gpu_server.batcher import DecodeBatcher
 from gpu_server.engines import Engines, load_engines
 from gpu_server.gate import ModelGate
 from gpu_server.metrics import SpeechMetrics
@@ -33,9 +34,9 @@ class ServerState:
 
     settings: Settings
     metrics: SpeechMetrics
-    stt_gate: ModelGate
     tts_gate: ModelGate
     engines: Engines | None = None
+    stt_batcher: DecodeBatcher | None = None
     load_error: str | None = None
     stt_streams: int = 0
     tts_streams: int = 0
@@ -51,6 +52,9 @@ async def _load_models(state: ServerState, load: Callable[[Settings], Engines]) 
         return
     for model, seconds in engines.load_seconds.items():
         state.metrics.model_load_seconds.labels(model=model).set(seconds)
+    settings = state.settings
+    state.stt_batcher = DecodeBatcher(engines.stt, max_batch=settings.stt_max_batch, workers=settings.stt_concurrency)
+    state.stt_batcher.start()
     state.engines = engines
     log.info("models ready: stt=%s tts=%s", engines.stt.info(), engines.tts.info())
 
@@ -61,7 +65,6 @@ def create_app(settings: Settings, load: Callable[[Settings], Engines] = load_en
         state = ServerState(
             settings=settings,
             metrics=SpeechMetrics(),
-            stt_gate=ModelGate(settings.stt_concurrency),
             tts_gate=ModelGate(settings.tts_concurrency),
         )
         app.state.server = state
@@ -72,6 +75,8 @@ def create_app(settings: Settings, load: Callable[[Settings], Engines] = load_en
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
+            if state.stt_batcher is not None:
+                await state.stt_batcher.aclose()
 
     app = FastAPI(title="Harper gpu_server", summary="Streaming STT and TTS on one GPU pod", lifespan=lifespan)
 

@@ -1,10 +1,12 @@
 """Cutting a reply into the pieces `tts.TtsSession` synthesizes one after another.
 
-The first audio can leave only once its piece is synthesized, and synthesis time grows with the piece,
-so the first piece is kept short: the first clause of the first sentence ("Sure," / "Well, ..."), or, for
-a long first sentence without commas, its first few words up to a natural phrase break (before "and",
-"because", "with", ...). The rest goes sentence by sentence, which keeps prosody natural; very long
-sentences are cut at clause punctuation so no single piece runs for long. Pure.
+The first audio can leave only once its piece is synthesized, and Piper's time grows with the audio
+(~25-45 ms per second of speech on two cores, plus a fixed cost), so the first piece is kept to a few
+words: the first clause of the first sentence when it is short ("Sure," / "Okay,"), else a break at a
+phrase boundary three or four words in: before a preposition, conjunction, auxiliary or determiner
+("The kitchen lights | are now turned off."), which is where a speaker could breathe. The rest goes
+sentence by sentence, which keeps prosody natural; very long sentences are cut at clause punctuation so
+no single piece runs for long. Pure.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import re
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n+")
 _CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
-# Words a phrase naturally starts with: breaking just before one sounds like a breath, not a cut.
-_PHRASE_STARTS = frozenset(
-    "and but or so because since when while if which who where with without for from in on at "
-    "about after before into over under through".split()
+# Words a phrase starts with: breaking just before one sounds like a breath, not a cut.
+_BREAK_BEFORE = frozenset(
+    """and but or so because since when while if which who where with without for from in on at about
+    after before into over under through of to is are was were be been will would can could should may
+    might must do does did has have had a an the this these those my your our their his her its some""".split()
 )
-FIRST_PIECE_MAX_WORDS = 6
+FIRST_PIECE_MAX_WORDS = 4
 MAX_PIECE_CHARS = 300
 
 
@@ -58,12 +61,15 @@ def _hard_wrap(clause: str) -> list[str]:
 
 def _first_piece(sentence: str) -> list[str]:
     words = sentence.split()
-    if len(words) <= FIRST_PIECE_MAX_WORDS + 2:
+    if len(words) <= FIRST_PIECE_MAX_WORDS + 1:
         return [sentence]
     clauses = _CLAUSE_END.split(sentence, maxsplit=1)
-    if len(clauses) == 2 and len(clauses[0].split()) <= FIRST_PIECE_MAX_WORDS * 2:
+    clause_words = len(clauses[0].split()) if len(clauses) == 2 else len(words)
+    if clause_words <= FIRST_PIECE_MAX_WORDS:
         return clauses
-    for i in range(FIRST_PIECE_MAX_WORDS, 2, -1):
-        if words[i].lower().strip("\"'(") in _PHRASE_STARTS and len(words) - i >= 3:
+    for i in (3, 4, 2):  # three or four words read best; two is still better than a long wait
+        if i <= len(words) - 3 and words[i].lower().strip("\"'(") in _BREAK_BEFORE:
             return [" ".join(words[:i]), " ".join(words[i:])]
+    if clause_words <= FIRST_PIECE_MAX_WORDS + 2:
+        return clauses
     return [sentence]

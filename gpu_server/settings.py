@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     tts_sample_rate: Literal[16000, 24000] = 24000
     tts_watermark: bool = True
 
-    # ---- capacity: model calls in flight (each engine has its own gate) and streams per process
+    # ---- capacity: model calls in flight per engine, Whisper batch size, and streams per process
     stt_concurrency: int = Field(1, ge=1)
+    stt_max_batch: int = Field(8, ge=1)
     tts_concurrency: int = Field(1, ge=1)
     max_stt_streams: int = Field(16, ge=1)
     max_tts_streams: int = Field(16, ge=1)

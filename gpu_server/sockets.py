@@ -147,13 +147,13 @@ async def _serve(outbox: Outbox, reader: Awaitable[None], worker: asyncio.Task[N
 @router.websocket("/ws/stt")
 async def stt_socket(ws: WebSocket) -> None:
     state = await _admit(ws, "stt")
-    if state is None or state.engines is None:
+    if state is None or state.engines is None or state.stt_batcher is None:
         return
     outbox = Outbox(ws)
     stream = SttStream(
         transcriber=state.engines.stt,
         vad=state.engines.vad,
-        gate=state.stt_gate,
+        batcher=state.stt_batcher,
         settings=state.settings,
         metrics=state.metrics,
         emit=outbox.message,

@@ -2,7 +2,8 @@
 
 Flow: audio bytes (PCM16 at any rate, or raw Opus packets) -> float32 16 kHz (soxr) -> Silero VAD, one
 probability per 32 ms -> `vad.Endpointer` -> utterances -> Whisper, in a worker task per connection that
-never lets decodes pile up. Out come `protocol` messages through the ``emit`` callback.
+never lets decodes pile up; decodes of all connections are batched together by `batcher.DecodeBatcher`.
+Out come `protocol` messages through the ``emit`` callback.
 
 What is decoded, and when:
 
@@ -12,7 +13,7 @@ What is decoded, and when:
   the new words is faster. If the model is busy, due partials merge into one on the newest audio.
 - **finals**: at each VAD endpoint (``endpoint_ms`` of silence), on ``stop``, and when an utterance
   reaches ``max_utterance_s`` (split at its latest pause). Finals are decoded from scratch (no forced
-  prefix) with a small beam, and overtake queued partials of every connection at the model gate.
+  prefix) with a small beam, and overtake queued partials of every connection (`batcher`).
 - **early finals**: after ~200 ms of trailing silence the final of the utterance so far is decoded
   speculatively. If the silence lasts to the endpoint, that result is sent the moment the endpoint
   fires, so the final costs no decode time after the endpoint; if speech resumes it is thrown away.
@@ -36,8 +37,9 @@ import numpy as np
 
 from gpu_server import protocol
 from gpu_server.audio import StreamResampler, pcm16_to_float
-from gpu_server.engines import Transcriber, Transcription
-from gpu_server.gate import BACKGROUND, URGENT, ModelGate
+from gpu_server.batcher import DecodeBatcher
+from gpu_server.engines import DecodeRequest, Transcriber, Transcription
+from gpu_server.gate import BACKGROUND, URGENT
 from gpu_server.metrics import SpeechMetrics
 from gpu_server.opus import OpusDecoder
 from gpu_server.protocol import ErrorCode, ProtocolError
@@ -110,7 +112,7 @@ class SttStream:
         *,
         transcriber: Transcriber,
         vad: SileroVad,
-        gate: ModelGate,
+        batcher: DecodeBatcher,
         settings: Settings,
         metrics: SpeechMetrics,
         emit: Emit,
@@ -118,7 +120,7 @@ class SttStream:
     ) -> None:
         self._stt = transcriber
         self._vad_model = vad
-        self._gate = gate
+        self._batcher = batcher
         self._settings = settings
         self._metrics = metrics
         self._emit = emit
@@ -126,7 +128,7 @@ class SttStream:
         self._config = protocol.SttStart()
         self._configured = False
         self._audio_seen = False
-        self._decoder: OpusDecoder | None = None
+        self._opus: OpusDecoder | None = None
         self._resampler = StreamResampler(16000, SAMPLE_RATE)
         self._vad = vad.stream()
         self._endpointer = Endpointer(EndpointConfig(settings.vad_threshold, settings.endpoint_ms))
@@ -138,7 +140,8 @@ class SttStream:
         self._room = asyncio.Event()
         self._room.set()
         self._candidate: tuple[tuple[int, int], Transcription] | None = None
-        self._wake = asyncio.Event()
+        self._wake_final = asyncio.Event()
+        self._wake_partial = asyncio.Event()
         self._stopping = False
         self._worker: asyncio.Task[None] | None = None
 
@@ -160,7 +163,7 @@ class SttStream:
         self._endpointer = Endpointer(EndpointConfig(self._settings.vad_threshold, endpoint_ms))
         self._resampler = StreamResampler(config.sample_rate, SAMPLE_RATE)
         if config.encoding == "opus":
-            self._decoder = OpusDecoder(config.sample_rate)
+            self._opus = OpusDecoder(config.sample_rate)
         await self._emit(protocol.Ready())
 
     async def audio(self, data: bytes) -> None:
@@ -190,7 +193,7 @@ class SttStream:
         if self._utterance is not None and self._endpointer.in_speech:
             end = self._buffer.end
             self._close_utterance(end, speech_end=min(end, self._endpointer.last_speech_end))
-        self._wake.set()
+        self._wake_final.set()
         if self._worker is not None:
             await self._worker
         await self._emit(protocol.Done())
@@ -210,9 +213,9 @@ class SttStream:
     # ---- audio in
 
     def _decode(self, data: bytes) -> np.ndarray:
-        if self._decoder is not None:
+        if self._opus is not None:
             try:
-                return pcm16_to_float(self._decoder.decode(data))
+                return pcm16_to_float(self._opus.decode(data))
             except OpusDecoder.Error as e:
                 raise ProtocolError(ErrorCode.BAD_AUDIO, f"not an Opus packet ({e})") from e
         if len(data) % 2:
@@ -263,11 +266,13 @@ class SttStream:
         self._jobs.append(FinalJob(utt, utt.start, end, speech_end, self._buffer.slice(utt.start, end), self._clock()))
         if len(self._jobs) >= MAX_PENDING_FINALS:
             self._room.clear()
-        self._wake.set()
+        self._wake_final.set()
 
     def _schedule(self) -> None:
-        if self._candidate_key() is not None or self._partial_due():
-            self._wake.set()
+        if self._candidate_key() is not None:
+            self._wake_final.set()
+        if self._partial_due():
+            self._wake_partial.set()
 
     @property
     def _partial_interval(self) -> int:
@@ -288,12 +293,25 @@ class SttStream:
             return None
         return key
 
-    # ---- decoding worker
+    # ---- decoding workers
 
     async def _work(self) -> None:
+        """Finals (and early finals) here, partials in a task beside it: an early final never waits for
+        a partial of its own stream, and a partial that comes back after its utterance closed is dropped."""
+        partials = asyncio.create_task(self._partial_loop(), name="stt-partials")
+        try:
+            await self._final_loop()
+        finally:
+            partials.cancel()
+            try:
+                await partials
+            except asyncio.CancelledError:
+                pass
+
+    async def _final_loop(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await self._wake_final.wait()
+            self._wake_final.clear()
             while True:
                 if self._jobs:
                     await self._finalize(self._jobs.popleft())
@@ -301,12 +319,17 @@ class SttStream:
                         self._room.set()
                 elif (key := self._candidate_key()) is not None:
                     await self._decode_candidate(key)
-                elif self._partial_due():
-                    await self._partial()
                 else:
                     break
             if self._stopping and not self._jobs:
                 return
+
+    async def _partial_loop(self) -> None:
+        while True:
+            await self._wake_partial.wait()
+            self._wake_partial.clear()
+            while self._partial_due():
+                await self._partial()
 
     def _partial_due(self) -> bool:
         utt, ep = self._utterance, self._endpointer
@@ -317,15 +340,9 @@ class SttStream:
         return ep.last_speech_end - utt.partial_end >= self._partial_interval
 
     async def _transcribe(self, audio: np.ndarray, *, final: bool, prefix: str | None = None) -> Transcription:
-        return await self._gate.run(
-            lambda: self._stt.transcribe(
-                audio,
-                language=self._config.language,
-                beam_size=self._settings.final_beam_size if final else 1,
-                prefix=prefix,
-            ),
-            priority=URGENT if final else BACKGROUND,
-        )
+        beam = self._settings.final_beam_size if final else 1
+        request = DecodeRequest(audio, self._config.language, beam, prefix)
+        return await self._batcher.transcribe(request, priority=URGENT if final else BACKGROUND)
 
     def _accept(self, result: Transcription) -> bool:
         s = self._settings

@@ -15,11 +15,14 @@ the queue) to its first frame being handed to the socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from gpu_server import protocol
 from gpu_server.audio import StreamResampler, float_to_pcm16
@@ -33,6 +36,10 @@ from gpu_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_PAUSE_PUNCTUATION = (".", ",", "!", "?", ";", ":", "…", "—", "–", '"', "'", ")")
+_SILENCE_LEVEL = 0.02  # below this a sample is silence, for trimming
+_KEEP_AFTER_S = 0.06  # of a trimmed piece's tail: a breath, not a sentence end
+
 EmitText = Callable[[protocol.Message], Awaitable[None]]
 EmitBytes = Callable[[bytes], Awaitable[None]]
 
@@ -41,6 +48,7 @@ EmitBytes = Callable[[bytes], Awaitable[None]]
 class _Utterance:
     request: protocol.Speak
     cancelled: bool = False
+    capped: bool = False  # hit tts_max_audio_s
 
 
 class TtsSession:
@@ -105,6 +113,37 @@ class TtsSession:
                 finally:
                     self._current = None
 
+    async def _audio(self, utterance: _Utterance) -> AsyncIterator[np.ndarray]:
+        """The utterance's audio at the engine's rate, chunk by chunk, until done, cancelled or capped."""
+        request, rate = utterance.request, self._tts.sample_rate
+        budget_s = self._settings.tts_max_audio_s
+        pieces = split_for_speech(request.text)
+        for index, piece in enumerate(pieces):
+            # A piece cut mid-sentence would end in the engine's sentence-final silence, an odd pause in
+            # the middle of a phrase: trim it, which needs its last chunk held until it is known to be last.
+            trim = index < len(pieces) - 1 and not piece.endswith(_PAUSE_PUNCTUATION)
+            held: np.ndarray | None = None
+            chunks = self._tts.synthesize(piece, request.voice_id, budget_s)
+            try:
+                while not utterance.cancelled:
+                    chunk = await self._gate.run(next, chunks, None, priority=NORMAL)
+                    if chunk is None:
+                        break
+                    budget_s -= len(chunk) / rate
+                    if trim:
+                        chunk, held = held, chunk
+                    if chunk is not None:
+                        yield chunk
+                    if budget_s <= 0:
+                        utterance.capped = True
+                        break
+            finally:
+                _close(chunks)
+            if held is not None and not utterance.cancelled:
+                yield _trim_silence(held, rate)
+            if utterance.cancelled or utterance.capped:
+                return
+
     async def _speak(self, utterance: _Utterance) -> None:
         request = utterance.request
         if utterance.cancelled:  # cancelled while queued: never started (see `protocol`)
@@ -122,8 +161,6 @@ class TtsSession:
         packetizer = OpusPacketizer(self.sample_rate)
         frames = 0
         first_audio: float | None = None
-        budget_s = self._settings.tts_max_audio_s
-        capped = False
 
         async def send(packets: list[bytes]) -> None:
             nonlocal frames, first_audio
@@ -137,26 +174,13 @@ class TtsSession:
                 self._seq = (self._seq + 1) & 0xFFFFFFFF
                 frames += 1
 
-        for piece in split_for_speech(request.text):
-            if utterance.cancelled or capped:
-                break
-            chunks = self._tts.synthesize(piece, request.voice_id, budget_s)
-            try:
-                while not utterance.cancelled:
-                    chunk = await self._gate.run(next, chunks, None, priority=NORMAL)
-                    if chunk is None:
-                        break
-                    budget_s -= len(chunk) / self._tts.sample_rate
-                    await send(packetizer.push(float_to_pcm16(resampler.push(chunk))))
-                    if budget_s <= 0:
-                        capped = True
-                        break
-            finally:
-                _close(chunks)
+        async with contextlib.aclosing(self._audio(utterance)) as audio:
+            async for chunk in audio:
+                await send(packetizer.push(float_to_pcm16(resampler.push(chunk))))
         if not utterance.cancelled:
             await send(packetizer.push(float_to_pcm16(resampler.flush())))
             await send(packetizer.flush())
-        if capped:
+        if utterance.capped:
             await self._emit(
                 protocol.Error(ErrorCode.TOO_LARGE, f"audio capped at {self._settings.tts_max_audio_s:g} s")
             )
@@ -171,6 +195,12 @@ class TtsSession:
                 cancelled=utterance.cancelled,
             )
         )
+
+
+def _trim_silence(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(audio) > _SILENCE_LEVEL)
+    end = (loud[-1] + 1 if len(loud) else 0) + int(_KEEP_AFTER_S * sample_rate)
+    return audio[: max(end, 1)]
 
 
 def _close(chunks: object) -> None:

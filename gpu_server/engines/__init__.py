@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 class EngineError(Exception):
     """An engine could not load or run; the message says which model and what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeRequest:
+    audio: np.ndarray  # float32 mono at the transcriber's sample_rate
+    language: str
+    beam_size: int
+    prefix: str | None = None  # words the decoder is forced to start with
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +50,8 @@ class Transcriber(Protocol):
 
     def supports_language(self, language: str) -> bool: ...
 
-    def transcribe(
-        self, audio: np.ndarray, *, language: str, beam_size: int, prefix: str | None = None
-    ) -> Transcription:
-        """Decode one utterance (float32 mono at ``sample_rate``); ``prefix`` forces the first words."""
+    def transcribe_batch(self, requests: Sequence[DecodeRequest]) -> list[Transcription]:
+        """Decode several utterances in one model call; all requests share one ``beam_size``."""
         ...
 
 

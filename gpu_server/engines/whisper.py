@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from gpu_server.engines import EngineError, Transcription
+from gpu_server.engines import DecodeRequest, EngineError, Transcription
 from gpu_server.settings import Settings
 from gpu_server.transcript import is_runaway
 
@@ -126,52 +127,70 @@ class WhisperTranscriber:
         window = math.ceil((audio_s + _MIN_PADDING_S) / _WINDOW_STEP_S) * _WINDOW_STEP_S
         return min(FULL_WINDOW_S, max(self._min_window_s, window))
 
-    def transcribe(
-        self, audio: np.ndarray, *, language: str, beam_size: int, prefix: str | None = None
-    ) -> Transcription:
-        audio = np.asarray(audio, dtype=np.float32)[: int(FULL_WINDOW_S * SAMPLE_RATE)]
-        audio_s = len(audio) / SAMPLE_RATE
-        window_s = self._window_s(audio_s)
-        result = self._decode(audio, window_s, language, beam_size, prefix)
-        if window_s < FULL_WINDOW_S and is_runaway(result.text, audio_s):
-            log.debug("decode with a %.0f s window ran away (%r); redoing with 30 s", window_s, result.text[:80])
-            result = self._decode(audio, FULL_WINDOW_S, language, beam_size, prefix)
-        return result
+    def transcribe(self, audio: np.ndarray, *, language: str, beam_size: int, prefix: str | None = None) -> Transcription:
+        return self.transcribe_batch([DecodeRequest(audio, language, beam_size, prefix)])[0]
+
+    def transcribe_batch(self, requests: Sequence[DecodeRequest]) -> list[Transcription]:
+        """One encoder pass and one generate call for the whole batch (much cheaper per item than one
+        call each: a decoder step costs about the same for one sequence or a few)."""
+        if len({r.beam_size for r in requests}) > 1:
+            raise ValueError("a batch shares one beam size")
+        audio = [np.asarray(r.audio, dtype=np.float32)[: int(FULL_WINDOW_S * SAMPLE_RATE)] for r in requests]
+        window_s = max(self._window_s(len(a) / SAMPLE_RATE) for a in audio)
+        results = self._decode(audio, requests, window_s)
+        runaway = [
+            i for i, (a, r) in enumerate(zip(audio, results, strict=True))
+            if window_s < FULL_WINDOW_S and is_runaway(r.text, len(a) / SAMPLE_RATE)
+        ]
+        if runaway:
+            log.debug("%d decode(s) with a %.0f s window ran away; redoing with 30 s", len(runaway), window_s)
+            redone = self._decode([audio[i] for i in runaway], [requests[i] for i in runaway], FULL_WINDOW_S)
+            for i, result in zip(runaway, redone, strict=True):
+                results[i] = result
+        return results
 
     def _decode(
-        self, audio: np.ndarray, window_s: float, language: str, beam_size: int, prefix: str | None
-    ) -> Transcription:
+        self, audio: list[np.ndarray], requests: Sequence[DecodeRequest], window_s: float
+    ) -> list[Transcription]:
         import ctranslate2
 
-        tok = self._tokenizer(language)
-        features = self._model.feature_extractor(audio)
         frames = int(window_s * 100)  # 10 ms hop
         # Zero in the normalised log-mel space is exactly what faster-whisper pads its 30 s windows with.
-        window = np.zeros((features.shape[0], frames), np.float32)
-        used = min(frames, features.shape[1])
-        window[:, :used] = features[:, :used]
-        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(window[None]))
-
-        prompt = [*tok.sot_sequence, tok.no_timestamps]
-        if prefix:
-            prompt += tok.encode(" " + prefix.strip())
-        max_length = min(self._max_length, len(prompt) + int(audio.size / SAMPLE_RATE * _TOKENS_PER_S) + _TOKENS_SLACK)
-        result = self._model.model.generate(
+        batch = np.zeros((len(audio), self._model.feature_extractor.mel_filters.shape[0], frames), np.float32)
+        prompts, max_length = [], 0
+        for i, (samples, request) in enumerate(zip(audio, requests, strict=True)):
+            features = self._model.feature_extractor(samples)
+            used = min(frames, features.shape[1])
+            batch[i, :, :used] = features[:, :used]
+            tok = self._tokenizer(request.language)
+            prompt = [*tok.sot_sequence, tok.no_timestamps]
+            if request.prefix:
+                prompt += tok.encode(" " + request.prefix.strip())
+            prompts.append(prompt)
+            max_length = max(max_length, len(prompt) + int(len(samples) / SAMPLE_RATE * _TOKENS_PER_S) + _TOKENS_SLACK)
+        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(batch))
+        generated = self._model.model.generate(
             encoded,
-            [prompt],
-            beam_size=beam_size,
-            max_length=max_length,
+            prompts,
+            beam_size=requests[0].beam_size,
+            max_length=min(self._max_length, max_length),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppress,
-        )[0]
-        tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
-        # CTranslate2 scores are length-normalised log-probabilities; recover faster-whisper's avg_logprob.
-        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        return Transcription(
-            text=tok.decode(tokens).strip(),
-            avg_logprob=float(avg_logprob),
-            no_speech_prob=float(result.no_speech_prob),
-            window_s=window_s,
         )
+        out = []
+        for request, result in zip(requests, generated, strict=True):
+            tok = self._tokenizer(request.language)
+            tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
+            # CTranslate2 scores are length-normalised log-probabilities; recover faster-whisper's avg_logprob.
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            out.append(
+                Transcription(
+                    text=tok.decode(tokens).strip(),
+                    avg_logprob=float(avg_logprob),
+                    no_speech_prob=float(result.no_speech_prob),
+                    window_s=window_s,
+                )
+            )
+        return out

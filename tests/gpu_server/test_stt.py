@@ -5,8 +5,8 @@ import asyncio
 import numpy as np
 
 from gpu_server import client, protocol
+from gpu_server.batcher import DecodeBatcher
 from gpu_server.stt import SttStream
-from gpu_server.gate import ModelGate
 from gpu_server.metrics import SpeechMetrics
 from gpu_server.transcript import word_error_rate
 
@@ -118,8 +118,10 @@ async def test_memory_stays_bounded_over_a_long_stream(engines):
         sent.append(message)
 
     settings = make_settings()
+    batcher = DecodeBatcher(engines.stt)
+    batcher.start()
     stream = SttStream(
-        transcriber=engines.stt, vad=engines.vad, gate=ModelGate(1), settings=settings,
+        transcriber=engines.stt, vad=engines.vad, batcher=batcher, settings=settings,
         metrics=SpeechMetrics(), emit=emit,
     )
     worker = stream.run_worker()
@@ -132,5 +134,6 @@ async def test_memory_stays_bounded_over_a_long_stream(engines):
             peak = max(peak, stream.buffered_seconds)
     await stream.stop()
     await worker
+    await batcher.aclose()
     assert peak <= settings.max_utterance_s + 1
     assert isinstance(sent[-1], protocol.Done)

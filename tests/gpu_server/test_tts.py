@@ -105,3 +105,18 @@ async def test_limits_give_clear_errors_and_the_connection_keeps_working(server)
         assert protocol.parse_tts_server(await tts.ws.recv()).code == "bad_message"
         speech = await tts.speak("Still here.")
     assert speech.audio_ms > 300 and not speech.cancelled
+
+
+async def test_generated_audio_is_capped_per_request(start_server):
+    with start_server(tts_max_audio_s=2.0) as capped:
+        async with client.TtsConnection(capped.ws("/ws/tts"), token()) as tts:
+            await tts.send_speak(LONG_TEXT, id="long")
+            events = []
+            async for event in tts.events():
+                events.append(event)
+                if isinstance(event, protocol.TtsDone):
+                    break
+    errors = [e for e in events if isinstance(e, protocol.Error)]
+    assert [e.code for e in errors] == ["too_large"] and "2 s" in errors[0].message
+    done = events[-1]
+    assert not done.cancelled and 1500 <= done.audio_ms <= 2100

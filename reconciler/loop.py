@@ -145,7 +145,7 @@ class Controller:
                 del self.orphans_seen[runpod_id]
         actions = plan(desired, observed, now)
         outcome = await self.actuator.run(actions, now)
-        await self._account(now)
+        await self._account(desired, now)
         if outcome.leases_changed:
             async with self.lease_changed:
                 self.lease_changed.notify_all()
@@ -189,10 +189,11 @@ class Controller:
             healthy=healthy,
         )
 
-    async def _account(self, now: float) -> None:
-        """Spend and usage since the last pass, and the gauges of the current state."""
-        rows = await self.store.live_pods()
-        leased = {lease.pod_id for lease in await self.store.active_leases() if lease.state == LeaseState.READY}
+    async def _account(self, desired: Desired, now: float) -> None:
+        """Spend and usage since the last pass, and the gauges. The state read at the start of this pass is
+        the state the pods were in during the interval being billed."""
+        rows = desired.pods
+        leased = {lease.pod_id for lease in desired.leases if lease.state == LeaseState.READY}
         dt = 0.0 if self._last_accounted is None else min(max(0.0, now - self._last_accounted), 60.0)
         self._last_accounted = now
         spend: dict[str, tuple[float, float]] = {}
@@ -201,8 +202,8 @@ class Controller:
         self.metrics.pods.clear()
         counts: dict[tuple[str, str, str], int] = {}
         for row in rows:
-            phase = PodPhase(row.phase)
-            key = (row.role, row.phase, row.gpu_type)
+            phase = row.phase
+            key = (row.role.value, row.phase.value, row.gpu_type)
             counts[key] = counts.get(key, 0) + 1
             if phase in GPU_PHASES and row.runpod_id:
                 gpu_rate += row.cost_per_hr

@@ -195,16 +195,30 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
-        # The session already rolls back what it leaves open; a second reset on return is a wasted round trip.
-        self.engine: AsyncEngine = create_async_engine(url, pool_reset_on_return=None, pool_size=8)
-        if url.startswith("sqlite"):
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in its busy handler
+        # (milliseconds at a time). So writes queue in-process on one connection instead, while reads use a
+        # pool of their own (WAL lets them run beside the writer). The session already rolls back what it
+        # leaves open; a second reset on return would be a wasted round trip.
+        sqlite = url.startswith("sqlite")
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_reset_on_return=None, **({"pool_size": 1, "max_overflow": 0} if sqlite else {})
+        )
+        self.reader: AsyncEngine = create_async_engine(url, pool_reset_on_return=None) if sqlite else self.engine
+        if sqlite:
+            for engine in (self.engine, self.reader):
+                event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.reader is not self.engine:
+            await self.reader.dispose()
 
     def session(self) -> AsyncSession:
+        """A session for changes (and reads that must see them in the same transaction)."""
         return AsyncSession(self.engine, expire_on_commit=False)
+
+    def reading(self) -> AsyncSession:
+        return AsyncSession(self.reader, expire_on_commit=False)
 
     # -- policy and GPU types
     async def get_policy(self, default: Policy) -> Policy:
@@ -224,7 +238,7 @@ class Store:
             await s.commit()
 
     async def gpu_types(self) -> list[GpuTypeRow]:
-        async with self.session() as s:
+        async with self.reading() as s:
             return list((await s.exec(select(GpuTypeRow))).all())
 
     async def set_gpu_type(self, gpu_type: str, **values: float) -> None:
@@ -238,16 +252,16 @@ class Store:
     # -- pods
     async def live_pods(self) -> list[PodRow]:
         """Every record that may still have a pod at RunPod (all but terminated)."""
-        async with self.session() as s:
+        async with self.reading() as s:
             query = select(PodRow).where(col(PodRow.phase) != PodPhase.TERMINATED.value)
             return list((await s.exec(query)).all())
 
     async def all_pods(self) -> list[PodRow]:
-        async with self.session() as s:
+        async with self.reading() as s:
             return list((await s.exec(select(PodRow).order_by(col(PodRow.created_at)))).all())
 
     async def get_pod(self, pod_id: str) -> PodRow | None:
-        async with self.session() as s:
+        async with self.reading() as s:
             return await s.get(PodRow, pod_id)
 
     async def add_pod(self, row: PodRow, lease_id: str | None = None, now: float = 0.0) -> None:
@@ -310,27 +324,27 @@ class Store:
 
     # -- leases
     async def active_leases(self) -> list[LeaseRow]:
-        async with self.session() as s:
+        async with self.reading() as s:
             query = select(LeaseRow).where(col(LeaseRow.state).in_([st.value for st in ACTIVE_LEASE_STATES]))
             return list((await s.exec(query)).all())
 
     async def get_lease(self, lease_id: str) -> LeaseRow | None:
-        async with self.session() as s:
+        async with self.reading() as s:
             return await s.get(LeaseRow, lease_id)
 
     async def lease_by_key(self, key: str) -> LeaseRow | None:
-        async with self.session() as s:
+        async with self.reading() as s:
             return (await s.exec(select(LeaseRow).where(col(LeaseRow.idempotency_key) == key))).first()
 
     async def list_leases(self, state: str | None = None, limit: int = 1000) -> list[LeaseRow]:
-        async with self.session() as s:
+        async with self.reading() as s:
             query = select(LeaseRow).order_by(col(LeaseRow.created_at).desc()).limit(limit)
             if state:
                 query = query.where(col(LeaseRow.state) == state)
             return list((await s.exec(query)).all())
 
     async def leases_on(self, pod_ids: list[str]) -> list[LeaseRow]:
-        async with self.session() as s:
+        async with self.reading() as s:
             query = select(LeaseRow).where(
                 col(LeaseRow.pod_id).in_(pod_ids),
                 col(LeaseRow.state).in_([st.value for st in ACTIVE_LEASE_STATES]),
@@ -360,12 +374,12 @@ class Store:
                 return result.rowcount == 1
             except IntegrityError as e:
                 await s.rollback()
-                if "idempotency_key" in str(e):
+                if "idempotency_key" in str(e.orig):  # the driver's message, not the SQL around it
                     raise DuplicateKey("that idempotency key names another lease") from e
                 raise SlotTaken("that pod slot is held by another active lease") from e
 
     async def queue_position(self, lease: LeaseRow) -> int:
-        async with self.session() as s:
+        async with self.reading() as s:
             result = await s.exec(
                 text(
                     "SELECT COUNT(*) FROM leases WHERE state = 'pending' AND pod_id IS NULL "
@@ -375,12 +389,12 @@ class Store:
             return int(result.scalar_one())
 
     async def queue_length(self) -> int:
-        async with self.session() as s:
+        async with self.reading() as s:
             result = await s.exec(text("SELECT COUNT(*) FROM leases WHERE state = 'pending' AND pod_id IS NULL"))
             return int(result.scalar_one())
 
     async def lease_counts(self) -> dict[str, int]:
-        async with self.session() as s:
+        async with self.reading() as s:
             rows = (await s.exec(text("SELECT state, COUNT(*) FROM leases GROUP BY state"))).all()
             return {state: count for state, count in rows}
 
@@ -412,7 +426,7 @@ class Store:
 
     async def warm_candidates(self, sessions_per_pod: int, limit: int = 8) -> list[tuple[PodRow, list[int]]]:
         """Ready pods with a free slot, busiest first (bin-packing), with the slots in use on each."""
-        async with self.session() as s:
+        async with self.reading() as s:
             used_rows = (
                 await s.exec(
                     text(
@@ -469,7 +483,7 @@ class Store:
 
     async def lease_with_pod(self, lease_id: str) -> tuple[LeaseRow | None, PodRow | None]:
         """A lease and its pod in one round trip (the hot path of GET and heartbeat)."""
-        async with self.session() as s:
+        async with self.reading() as s:
             return await self._lease_with_pod(s, lease_id)
 
     async def _lease_with_pod(self, s: AsyncSession, lease_id: str) -> tuple[LeaseRow | None, PodRow | None]:
@@ -498,7 +512,7 @@ class Store:
             await s.commit()
         except IntegrityError as e:
             await s.rollback()
-            if "ux_leases_active_slot" in str(e) or "leases.pod_id, leases.slot" in str(e):
+            if "ux_leases_active_slot" in str(e.orig) or "leases.pod_id, leases.slot" in str(e.orig):
                 raise SlotTaken("that pod slot is held by another active lease") from e
             raise StoreError("the state store refused the change") from e
 
@@ -516,7 +530,7 @@ class Store:
             await s.commit()
 
     async def events(self, limit: int = 200, obj: str | None = None) -> list[EventRow]:
-        async with self.session() as s:
+        async with self.reading() as s:
             query = select(EventRow).order_by(col(EventRow.id).desc()).limit(limit)
             if obj:
                 query = query.where(col(EventRow.object) == obj)
@@ -535,12 +549,12 @@ class Store:
             await s.commit()
 
     async def spend(self) -> list[SpendRow]:
-        async with self.session() as s:
+        async with self.reading() as s:
             return list((await s.exec(select(SpendRow))).all())
 
     async def raw(self, sql: str, **params: object) -> list[tuple]:
         """Read-only SQL for tests and diagnostics."""
-        async with self.session() as s:
+        async with self.reading() as s:
             return [tuple(r) for r in (await s.exec(text(sql).bindparams(**params))).all()]
 
 

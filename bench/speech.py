@@ -32,9 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_server import client, protocol  # noqa: E402
-from gpu_server.auth import issue_token  # noqa: E402
-from gpu_server.transcript import word_error_rate  # noqa: E402
+from gpu_server import client
+from gpu_server.auth import issue_token
+from gpu_server.transcript import word_error_rate
 
 SECRET = "bench-secret"
 LEAD_S, TRAIL_S = 0.5, 1.2
@@ -161,7 +161,7 @@ async def stream_one(server: Server, pcm: np.ndarray) -> StreamStats:
     ]
     # Gaps between partials of the same utterance (a partial's `start` names its utterance).
     gaps: list[float] = []
-    for a, b in zip(result.partials, result.partials[1:]):
+    for a, b in zip(result.partials, result.partials[1:], strict=False):
         if a.message.start == b.message.start:  # type: ignore[attr-defined]
             gaps.append((b.at - a.at) * 1000)
     return StreamStats(
@@ -185,7 +185,8 @@ def offline_transcripts(audio: list[np.ndarray]) -> list[str]:
     )
     out = []
     for pcm in audio:
-        segments, _ = model.transcribe(resample(pcm.astype(np.float32) / 32768, 24000, 16000), language="en", beam_size=5)
+        audio16k = resample(pcm.astype(np.float32) / 32768, 24000, 16000)
+        segments, _ = model.transcribe(audio16k, language="en", beam_size=5)
         out.append(" ".join(s.text for s in segments).strip())
     return out
 
@@ -265,7 +266,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sentences", type=int, default=12, help="STT sentences (max %d)" % len(SENTENCES))
+    parser.add_argument("--sentences", type=int, default=12, help=f"STT sentences (max {len(SENTENCES)})")
     parser.add_argument("--tts-replies", type=int, default=20, help="TTS replies to time")
     parser.add_argument("--max-streams", type=int, default=8, help="stop the concurrency ramp here")
     asyncio.run(main(parser.parse_args()))

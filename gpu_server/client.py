@@ -256,7 +256,7 @@ class SttConnection(_Connection):
         language: str = "en",
         endpoint_ms: int | None = None,
     ) -> None:
-        start = protocol.SttStart(sample_rate=sample_rate, encoding=encoding, language=language, endpoint_ms=endpoint_ms)
+        start = protocol.SttStart(sample_rate, encoding, language, endpoint_ms)
         await self.ws.send(protocol.encode(start))
 
     async def send_audio(self, data: bytes) -> None:

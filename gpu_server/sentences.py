@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n+")
-_CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
+_CLAUSE_END = re.compile("(?<=[,;:\u2014\u2013])\\s+")  # also em and en dashes
 # Words a phrase starts with: breaking just before one sounds like a breath, not a cut.
 _BREAK_BEFORE = frozenset(
     """and but or so because since when while if which who where with without for from in on at about

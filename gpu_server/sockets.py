@@ -87,9 +87,10 @@ async def _admit(ws: WebSocket, kind: str) -> ServerState | None:
         await outbox.message(protocol.Error(ErrorCode.LOADING, "models are still loading; retry when /health is 200"))
         await outbox.close(protocol.CLOSE_TRY_AGAIN_LATER, "loading")
         return None
-    active, limit = (
-        (state.stt_streams, settings.max_stt_streams) if kind == "stt" else (state.tts_streams, settings.max_tts_streams)
-    )
+    if kind == "stt":
+        active, limit = state.stt_streams, settings.max_stt_streams
+    else:
+        active, limit = state.tts_streams, settings.max_tts_streams
     if active >= limit:
         await outbox.message(protocol.Error(ErrorCode.BUSY, f"this server already has {active} {kind} streams"))
         await outbox.close(protocol.CLOSE_TRY_AGAIN_LATER, "busy")
@@ -175,7 +176,8 @@ async def stt_socket(ws: WebSocket) -> None:
     state.stt_streams += 1
     state.metrics.stt_streams_active.inc()
     try:
-        await _serve(outbox, _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes), stream.run_worker())
+        reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
+        await _serve(outbox, reader, stream.run_worker())
     finally:
         state.stt_streams -= 1
         state.metrics.stt_streams_active.dec()
@@ -210,7 +212,8 @@ async def tts_socket(ws: WebSocket) -> None:
     state.tts_streams += 1
     state.metrics.tts_streams_active.inc()
     try:
-        await _serve(outbox, _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes), session.run_worker())
+        reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
+        await _serve(outbox, reader, session.run_worker())
     finally:
         state.tts_streams -= 1
         state.metrics.tts_streams_active.dec()

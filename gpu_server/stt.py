@@ -236,7 +236,8 @@ class SttStream:
                 self._utterance = Utterance(self._utterances, start, partial_end=start)
                 await self._emit(protocol.SpeechStarted(t=protocol.seconds(event.sample / SAMPLE_RATE)))
             elif isinstance(event, SpeechEnd) and self._utterance is not None:
-                self._close_utterance(min(ep.samples, event.sample + int(TAIL_S * SAMPLE_RATE)), speech_end=event.sample)
+                end = min(ep.samples, event.sample + int(TAIL_S * SAMPLE_RATE))
+                self._close_utterance(end, speech_end=event.sample)
             elif ep.in_speech and self._utterance is not None:
                 if ep.samples - self._utterance.start >= self._settings.max_utterance_s * SAMPLE_RATE:
                     self._split_utterance()

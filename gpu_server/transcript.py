@@ -44,7 +44,7 @@ _CAPTION_CREDITS = re.compile(r"subtitles? by|captions? by|amara\.org|transcribe
 
 
 def normalize_words(text: str) -> list[str]:
-    words = _WORD.findall(text.lower().replace("’", "'"))
+    words = _WORD.findall(text.lower().replace("\u2019", "'"))
     return [_SPELLING.get(w, w) for w in words]
 
 

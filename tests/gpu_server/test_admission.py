@@ -102,12 +102,14 @@ async def test_failed_model_load_is_reported_on_health():
         raise RuntimeError("no such model: /models/nothing")
 
     with serve(make_settings(), broken) as running:
-        for _ in range(100):
-            response = httpx.get(f"{running.http}/health")
-            if response.json()["status"] != "loading":
-                break
-            await asyncio.sleep(0.02)
-    assert (response.status_code, response.json()) == (503, {"status": "error", "error": "no such model: /models/nothing"})
+        async with httpx.AsyncClient(base_url=running.http) as http:
+            for _ in range(100):
+                response = await http.get("/health")
+                if response.json()["status"] != "loading":
+                    break
+                await asyncio.sleep(0.02)
+    expected = {"status": "error", "error": "no such model: /models/nothing"}
+    assert (response.status_code, response.json()) == (503, expected)
 
 
 async def test_metrics_count_streams_latencies_audio_and_model_loads(start_server, spoken):
@@ -115,7 +117,8 @@ async def test_metrics_count_streams_latencies_audio_and_model_loads(start_serve
         speech = await client.speak(fresh.ws("/ws/tts"), "Hello there.", token=token())
         audio = __import__("numpy").concatenate([spoken.pcm16k[1], silence(0.8)])
         await client.transcribe(fresh.ws("/ws/stt"), audio, 16000, token=token(), realtime=False)
-        text = httpx.get(f"{fresh.http}/metrics").text
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"{fresh.http}/metrics")).text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

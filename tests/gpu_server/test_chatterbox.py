@@ -56,7 +56,7 @@ def test_first_chunk_is_small_and_the_stream_keeps_ahead_of_playback(chatterbox)
     # Real-time: each chunk arrives before the audio before it has finished playing.
     played = 0.0
     first_at = chunks[0][0]
-    for (at, chunk), size in zip(chunks[1:], sizes):
+    for (at, _), size in zip(chunks[1:], sizes, strict=False):
         played += size
         assert at - first_at <= played + 0.25, f"underrun: chunk at {at:.2f}s, {played:.2f}s played"
 
@@ -69,8 +69,8 @@ def test_joins_are_smooth_and_the_remainder_is_flushed(chatterbox, tmp_path):
     # A click is a jump far above what the speech itself does; crossfaded joins stay in range.
     assert steps[boundaries - 1].max() <= np.quantile(steps, 0.999) * 1.5
     # The last words are there: Whisper on CPU hears the whole sentence, up to "forest".
-    from gpu_server.engines.whisper import WhisperTranscriber
     from gpu_server.audio import resample
+    from gpu_server.engines.whisper import WhisperTranscriber
 
     whisper = WhisperTranscriber.load(Settings(device="cpu"), cuda=False)
     text = whisper.transcribe(resample(audio, 24000, 16000), language="en", beam_size=3).text
@@ -105,9 +105,10 @@ def test_voices_are_prepared_once_and_unknown_voices_refused(chatterbox):
 
 
 def test_ws_tts_streams_chatterbox_as_20_ms_opus(chatterbox):
-    from .conftest import make_settings, serve, token
     from gpu_server.engines.whisper import WhisperTranscriber
     from gpu_server.vad import SileroVad
+
+    from .conftest import make_settings, serve, token
 
     settings = make_settings(tts_engine="chatterbox")
     engines = Engines(stt=WhisperTranscriber.load(Settings(device="cpu"), cuda=False), tts=chatterbox, vad=SileroVad())

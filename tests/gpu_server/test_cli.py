@@ -22,7 +22,8 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_token_command_prints_a_token_that_verifies():
-    done = run("token", "--lease-id", "lease-7", "--ttl-s", "120", "--pod-id", "pod-x", env={"GPU_SERVER_SECRET": SECRET})
+    args = ("token", "--lease-id", "lease-7", "--ttl-s", "120", "--pod-id", "pod-x")
+    done = run(*args, env={"GPU_SERVER_SECRET": SECRET})
     assert done.returncode == 0, done.stderr
     claims = verify_token(SECRET, done.stdout.strip(), now=time.time(), pod_id="pod-x")
     assert claims.lease_id == "lease-7" and time.time() + 100 < claims.expires_at <= time.time() + 121

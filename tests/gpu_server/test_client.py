@@ -3,7 +3,9 @@
 import subprocess
 import sys
 
-ENGINE_MODULES = ["faster_whisper", "ctranslate2", "piper", "onnxruntime", "soxr", "torch", "fastapi", "gpu_server.engines"]
+ENGINE_MODULES = [
+    "faster_whisper", "ctranslate2", "piper", "onnxruntime", "soxr", "torch", "fastapi", "gpu_server.engines",
+]
 
 
 def test_client_imports_only_websockets_numpy_and_opuslib():

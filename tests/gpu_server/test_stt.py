@@ -6,8 +6,8 @@ import numpy as np
 
 from gpu_server import client, protocol
 from gpu_server.batcher import DecodeBatcher
-from gpu_server.stt import SttStream
 from gpu_server.metrics import SpeechMetrics
+from gpu_server.stt import SttStream
 from gpu_server.transcript import word_error_rate
 
 from .conftest import SENTENCES, make_settings, silence, token

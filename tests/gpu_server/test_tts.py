@@ -77,8 +77,12 @@ async def test_session_stops_within_one_frame_of_cancel(engines: Engines):
             await session.cancel(protocol.Cancel("x"))
             cancelled_at.append(len(sent))
 
+    finished = asyncio.Event()
+
     async def emit(message: protocol.Message) -> None:
         messages.append(message)
+        if isinstance(message, protocol.TtsDone):
+            finished.set()
 
     session = TtsSession(
         synthesizer=engines.tts, gate=ModelGate(1), settings=make_settings(), metrics=SpeechMetrics(),
@@ -86,8 +90,7 @@ async def test_session_stops_within_one_frame_of_cancel(engines: Engines):
     )
     worker = session.run_worker()
     await session.speak(protocol.Speak("x", LONG_TEXT))
-    while not any(isinstance(m, protocol.TtsDone) for m in messages):
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(finished.wait(), 30)
     worker.cancel()
     assert cancelled_at == [7] and len(sent) == 7
     assert messages[-1] == protocol.TtsDone("x", 7, 140.0, messages[-1].first_audio_ms, cancelled=True)

@@ -119,7 +119,6 @@ class SttStream:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stt = transcriber
-        self._vad_model = vad
         self._batcher = batcher
         self._settings = settings
         self._metrics = metrics
@@ -279,12 +278,16 @@ class SttStream:
     def _partial_interval(self) -> int:
         return self._settings.partial_interval_ms * SAMPLE_RATE // 1000
 
+    @property
+    def _in_trailing_silence(self) -> bool:
+        """Long enough after the last speech to decode the early final (and stop partials)."""
+        ep = self._endpointer
+        return ep.trailing_silence_ms >= min(EARLY_FINAL_MS, ep.config.endpoint_ms * 0.4)
+
     def _candidate_key(self) -> tuple[int, int] | None:
         """(utterance, end sample) of the early final due now, or None if none is due or it is done."""
         utt, ep = self._utterance, self._endpointer
-        if utt is None or not ep.in_speech:
-            return None
-        if ep.trailing_silence_ms < min(EARLY_FINAL_MS, ep.config.endpoint_ms * 0.4):
+        if utt is None or not ep.in_speech or not self._in_trailing_silence:
             return None
         end = ep.last_speech_end + int(TAIL_S * SAMPLE_RATE)
         if end > self._buffer.end:
@@ -334,9 +337,7 @@ class SttStream:
 
     def _partial_due(self) -> bool:
         utt, ep = self._utterance, self._endpointer
-        if utt is None or not ep.in_speech or self._stopping:
-            return False
-        if ep.trailing_silence_ms >= min(EARLY_FINAL_MS, ep.config.endpoint_ms * 0.4):
+        if utt is None or not ep.in_speech or self._stopping or self._in_trailing_silence:
             return False
         return ep.last_speech_end - utt.partial_end >= self._partial_interval
 

@@ -45,9 +45,10 @@ async def test_streamed_speech_gives_partials_then_finals_at_each_endpoint(serve
         partials = [p for p in result.partials if started.at < p.at < final.at]
         assert partials, f"no partial before the final {final.message.text!r}"
         assert final.message.start <= started.message.t < final.message.end
-    # Partials keep coming while someone speaks (at most ~0.5 s apart plus decode time).
+    # Partials keep coming while someone speaks (every 0.4 s of speech plus decode time; bench/speech.py
+    # measures the cadence, this only catches a stall on a machine shared with other test runs).
     gaps = np.diff([p.at for p in result.partials if p.at < result.finals[0].at])
-    assert len(gaps) and gaps.max() < 1.0
+    assert len(gaps) and gaps.max() < 1.5
     assert word_error_rate([SENTENCES[1]], [opus.text]) < 0.10, opus.text
 
 

@@ -154,19 +154,18 @@ class StreamStats:
 
 
 async def stream_one(server: Server, pcm: np.ndarray) -> StreamStats:
-    result = await client.transcribe(server.ws("/ws/stt"), padded(pcm), 24000, token=token(), realtime=True)
+    result = await client.transcribe(server.ws("/ws/stt"), token(), padded(pcm), 24000, realtime=True)
     after_speech = result.final_latencies_ms
-    after_endpoint = [
-        (f.at - result.sent_at(f.message.end + ENDPOINT_MS / 1000)) * 1000 for f in result.finals  # type: ignore[attr-defined]
-    ]
+    after_endpoint = [(f.at - result.sent_at(f.end + ENDPOINT_MS / 1000)) * 1000 for f in result.finals]
     # Gaps between partials of the same utterance (a partial's `start` names its utterance).
     gaps: list[float] = []
     for a, b in zip(result.partials, result.partials[1:], strict=False):
-        if a.message.start == b.message.start:  # type: ignore[attr-defined]
+        if a.start == b.start:
             gaps.append((b.at - a.at) * 1000)
     return StreamStats(
         text=result.text,
-        first_partial_ms=result.first_partial_latency_ms(LEAD_S),
+        # From the true onset (the audio's lead-in is known), not the VAD's.
+        first_partial_ms=(result.partials[0].at - result.sent_at(LEAD_S)) * 1000 if result.partials else None,
         after_speech_ms=after_speech,
         after_endpoint_ms=after_endpoint,
         partial_gaps_ms=gaps,

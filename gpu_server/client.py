@@ -3,9 +3,9 @@ companion server. Imports only websockets, numpy and opuslib (through `gpu_serve
 
 One-shot helpers:
 
-- ``await speak(url, text, token=...) -> Speech``: the frames as received, the decoded PCM (int16 numpy,
+- ``await speak(url, token, text) -> Speech``: the frames as received, the decoded PCM (int16 numpy,
   ``Speech.sample_rate``) and timings (``first_audio_ms`` as the client saw it).
-- ``await transcribe(url, pcm, sample_rate, token=..., realtime=True) -> Transcript``: streams PCM16 in
+- ``await transcribe(url, token, pcm, sample_rate, realtime=True) -> Transcript``: streams PCM16 in
   20 ms chunks (at real-time pace unless told otherwise), sends ``stop``, returns partials and finals with
   their receive times, and latencies measured against the send time of the audio they refer to.
 
@@ -178,7 +178,7 @@ def decode_frames(frames: list[Frame], sample_rate: int) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
 
-async def speak(url: str, text: str, *, token: str | None = None, voice_id: str | None = None) -> Speech:
+async def speak(url: str, token: str | None, text: str, *, voice_id: str | None = None) -> Speech:
     async with TtsConnection(url, token) as tts:
         return await tts.speak(text, voice_id=voice_id)
 
@@ -192,6 +192,16 @@ class Received:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """A partial or final: its text, its span on the stream's audio clock, and when it was received."""
+
+    text: str
+    start: float
+    end: float
+    at: float
+
+
 @dataclass
 class Transcript:
     events: list[Received]
@@ -200,13 +210,20 @@ class Transcript:
     audio_end_at: float | None = None
     close_code: int | None = None
 
-    @property
-    def partials(self) -> list[Received]:
-        return [e for e in self.events if isinstance(e.message, protocol.Partial)]
+    def _heard(self, kind: type[protocol.Partial] | type[protocol.Final]) -> list[Heard]:
+        return [
+            Heard(e.message.text, e.message.start, e.message.end, e.at)
+            for e in self.events
+            if isinstance(e.message, kind) and e.message.text
+        ]
 
     @property
-    def finals(self) -> list[Received]:
-        return [e for e in self.events if isinstance(e.message, protocol.Final) and e.message.text]
+    def partials(self) -> list[Heard]:
+        return self._heard(protocol.Partial)
+
+    @property
+    def finals(self) -> list[Heard]:
+        return self._heard(protocol.Final)
 
     @property
     def errors(self) -> list[protocol.Error]:
@@ -214,7 +231,7 @@ class Transcript:
 
     @property
     def text(self) -> str:
-        return " ".join(e.message.text for e in self.finals).strip()  # type: ignore[attr-defined]
+        return " ".join(f.text for f in self.finals).strip()
 
     def sent_at(self, audio_s: float) -> float:
         """When the chunk holding the audio at ``audio_s`` (stream seconds) was sent."""
@@ -226,7 +243,7 @@ class Transcript:
     @property
     def final_latencies_ms(self) -> list[float]:
         """Per final: receive time minus the send time of its last speech (``end``)."""
-        return [(e.at - self.sent_at(e.message.end)) * 1000 for e in self.finals]  # type: ignore[attr-defined]
+        return [(f.at - self.sent_at(f.end)) * 1000 for f in self.finals]
 
     @property
     def final_latency_ms(self) -> float | None:
@@ -235,10 +252,12 @@ class Transcript:
             return None
         return (self.finals[-1].at - self.audio_end_at) * 1000
 
-    def first_partial_latency_ms(self, onset_s: float) -> float | None:
-        """First partial's receive time minus the send time of the speech onset at ``onset_s``."""
+    @property
+    def first_partial_ms(self) -> float | None:
+        """First partial's receive time minus the send time of the speech onset the server's VAD found."""
+        onsets = [e.message.t for e in self.events if isinstance(e.message, protocol.SpeechStarted)]
         partials = self.partials
-        return (partials[0].at - self.sent_at(onset_s)) * 1000 if partials else None
+        return (partials[0].at - self.sent_at(onsets[0])) * 1000 if partials and onsets else None
 
 
 class SttConnection(_Connection):
@@ -288,10 +307,10 @@ def chunk_pcm(
 
 async def transcribe(
     url: str,
+    token: str | None,
     pcm: np.ndarray | bytes,
     sample_rate: int = 16000,
     *,
-    token: str | None = None,
     chunk_ms: int = protocol.FRAME_MS,
     realtime: bool = True,
     encoding: str = "pcm_s16le",

@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     port: int = 8000
     # HMAC secret of this pod's lease tokens (injected by the controller at pod creation).
     secret: str = ""
-    # When set (RunPod sets RUNPOD_POD_ID on every pod), a token must name this pod.
-    pod_id: str | None = Field(default=None, validation_alias=AliasChoices("RUNPOD_POD_ID", "GPU_SERVER_POD_ID"))
+    # When set, a token must name this pod. The controller injects HARPER_POD_ID (its own id for the pod,
+    # which is what lease tokens name) at create; RunPod's RUNPOD_POD_ID is a different id.
+    pod_id: str | None = Field(default=None, validation_alias=AliasChoices("GPU_SERVER_POD_ID", "HARPER_POD_ID"))
     log_level: str = "info"
 
     # ---- engines

@@ -114,9 +114,9 @@ async def test_failed_model_load_is_reported_on_health():
 
 async def test_metrics_count_streams_latencies_audio_and_model_loads(start_server, spoken):
     with start_server() as fresh:
-        speech = await client.speak(fresh.ws("/ws/tts"), "Hello there.", token=token())
+        speech = await client.speak(fresh.ws("/ws/tts"), token(), "Hello there.")
         audio = __import__("numpy").concatenate([spoken.pcm16k[1], silence(0.8)])
-        await client.transcribe(fresh.ws("/ws/stt"), audio, 16000, token=token(), realtime=False)
+        await client.transcribe(fresh.ws("/ws/stt"), token(), audio, 16000, realtime=False)
         async with httpx.AsyncClient() as http:
             text = (await http.get(f"{fresh.http}/metrics")).text
     samples = {

@@ -114,7 +114,7 @@ def test_ws_tts_streams_chatterbox_as_20_ms_opus(chatterbox):
     engines = Engines(stt=WhisperTranscriber.load(Settings(device="cpu"), cuda=False), tts=chatterbox, vad=SileroVad())
     with serve(settings, lambda _s: engines) as running:
         running.wait_healthy()
-        speech = asyncio.run(client.speak(running.ws("/ws/tts"), SENTENCE, token=token()))
+        speech = asyncio.run(client.speak(running.ws("/ws/tts"), token(), SENTENCE))
     assert speech.sample_rate == 24000 and not speech.cancelled
     assert [f.seq for f in speech.frames] == list(range(len(speech.frames)))
     assert len(speech.pcm) == 480 * len(speech.frames)

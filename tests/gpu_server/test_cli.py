@@ -30,7 +30,7 @@ def test_token_command_prints_a_token_that_verifies():
 
 
 def test_token_command_defaults_to_the_runpod_pod_id_and_needs_a_secret():
-    done = run("token", "--lease-id", "l", "--ttl-s", "60", env={"GPU_SERVER_SECRET": SECRET, "RUNPOD_POD_ID": "rp-1"})
+    done = run("token", "--lease-id", "l", "--ttl-s", "60", env={"GPU_SERVER_SECRET": SECRET, "HARPER_POD_ID": "rp-1"})
     assert verify_token(SECRET, done.stdout.strip(), now=time.time(), pod_id="rp-1").pod_id == "rp-1"
     missing = run("token", "--lease-id", "l", "--ttl-s", "60", env={"GPU_SERVER_SECRET": ""})
     assert missing.returncode == 2 and "GPU_SERVER_SECRET" in missing.stderr

@@ -70,20 +70,20 @@ async def round_trip(url: str, token: str, text: str, *, wait_timeout_s: float =
         spoken = await speak(lease.endpoints["tts"], lease.token, text)
         progress(f"tts: {len(spoken.frames)} Opus frames, {spoken.audio_ms:.0f} ms of audio, "
                  f"first audio after {spoken.first_audio_ms:.0f} ms")
+        progress("stt: streaming that audio back at real-time pace...")
         heard = await transcribe(lease.endpoints["stt"], lease.token, spoken.pcm, spoken.sample_rate, realtime=True)
-        transcript = " ".join(f.text for f in heard.finals).strip()
+        partial_ms = heard.first_partial_ms
         return {
             "spoken": text,
-            "transcript": transcript,
-            "wer": round(word_error_rate(text, transcript), 4),
+            "transcript": heard.text,
+            "wer": round(word_error_rate(text, heard.text), 4),
             "path": lease.path,
             "pod_id": lease.pod_id,
             "lease_wait_s": round(lease_wait, 3),
-            "tts_first_audio_ms": round(spoken.first_audio_ms, 1),
+            "tts_first_audio_ms": round(spoken.first_audio_ms or 0.0, 1),
             "tts_audio_ms": round(spoken.audio_ms, 1),
             "stt_final_ms": round(heard.final_latency_ms, 1) if heard.final_latency_ms is not None else None,
-            "stt_first_partial_ms": (round(heard.first_partial_ms, 1)
-                                     if heard.first_partial_ms is not None else None),
+            "stt_first_partial_ms": round(partial_ms, 1) if partial_ms is not None else None,
         }
     finally:
         if "lease" in locals():

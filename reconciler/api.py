@@ -280,11 +280,21 @@ async def heartbeat(lease_id: str, request: Request, ctl: Ctl, _: Companion) -> 
 
 
 @leases.delete("/{lease_id}")
-async def release(lease_id: str, ctl: Ctl, _: Companion) -> dict[str, Any]:
-    lease = await ctl.store.end_lease(lease_id, LeaseState.RELEASED, "released by the client", ctl.clock())
+async def release(
+    lease_id: str, ctl: Ctl, _: Companion, pod_failed: Annotated[bool, Query()] = False
+) -> dict[str, Any]:
+    """Release a lease (idempotent). ``?pod_failed=true``: the client could not reach the pod; it is taken
+    out of the warm pool until a health probe says otherwise, so the next lease does not land on it."""
+    now = ctl.clock()
+    reason = "released by the client" + (": pod unreachable" if pod_failed else "")
+    lease = await ctl.store.end_lease(lease_id, LeaseState.RELEASED, reason, now)
     if lease is None:
         raise ApiError(404, "not_found", f"no lease {lease_id}")
-    if await ctl.store.queue_length():
+    if pod_failed and lease.pod_id:
+        await ctl.store.mark_unhealthy(lease.pod_id, now)
+        await ctl.store.add_events([(now, f"pod/{lease.pod_id}", "ReportedUnreachable", f"by lease {lease_id}")])
+        ctl.wake()
+    elif await ctl.store.queue_length():
         ctl.wake()  # a freed slot can serve a waiting lease now; otherwise the idle clock needs no hurry
     async with ctl.lease_changed:
         ctl.lease_changed.notify_all()

@@ -112,8 +112,9 @@ class LeaseApi:
     async def heartbeat(self, lease_id: str) -> Lease:
         return Lease.parse(await self._req("POST", f"/v1/leases/{lease_id}/heartbeat"))
 
-    async def release(self, lease_id: str) -> Lease:
-        return Lease.parse(await self._req("DELETE", f"/v1/leases/{lease_id}"))
+    async def release(self, lease_id: str, *, pod_failed: bool = False) -> Lease:
+        params = {"pod_failed": "true"} if pod_failed else {}
+        return Lease.parse(await self._req("DELETE", f"/v1/leases/{lease_id}", params=params))
 
     async def wait_ready(self, lease: Lease, timeout_s: float, heartbeat_every_s: float = 20.0) -> Lease:
         """Long-poll until the lease leaves ``pending`` (heartbeating so it does not expire meanwhile)."""
@@ -249,12 +250,13 @@ class VoiceSession:
         return self
 
     async def recover(self) -> VoiceSession:
-        """The pod stopped answering: give the lease back and get a new one (or the local fallback)."""
+        """The pod stopped answering: give the lease back (reporting the pod) and get a new one, or the
+        local fallback if the controller is gone too."""
         log.warning("session %s lost its pod (%s): getting a new lease", self.session_id, self.path)
-        await self.release()
+        await self.release(pod_failed=True)
         return await self.acquire()
 
-    async def release(self) -> None:
+    async def release(self, *, pod_failed: bool = False) -> None:
         if self._beat is not None:
             self._beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -263,7 +265,7 @@ class VoiceSession:
         lease, self.lease = self.lease, None
         if lease is not None and not lease.id.startswith("local-"):
             with contextlib.suppress(ControllerError, ControllerUnavailable):
-                await self._pods.api.release(lease.id)
+                await self._pods.api.release(lease.id, pod_failed=pod_failed)
 
     async def _heartbeat(self, lease_id: str) -> None:
         failures = 0

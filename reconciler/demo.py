@@ -29,8 +29,14 @@ from .client import ControllerError, ControllerUnavailable, LeaseApi, LeaseFaile
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
 
 
+_NUMBERS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+
+
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
+    """Lower-case words with number words as digits: Whisper writes "2" where the text says "two"."""
+    return [_NUMBERS.get(w, w) for w in re.findall(r"[a-z0-9']+", text.lower())]
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:

@@ -286,6 +286,15 @@ class Store:
             await s.commit()
             return row
 
+    async def mark_unhealthy(self, pod_id: str, now: float) -> None:
+        """Take a Ready pod out of the warm pool until a probe finds it healthy again."""
+        async with self.session() as s:
+            await s.exec(
+                update(PodRow).where(col(PodRow.id) == pod_id, col(PodRow.unhealthy_since).is_(None))
+                .values(unhealthy_since=now)
+            )
+            await s.commit()
+
     async def begin_resume(self, pod_id: str, lease_id: str | None, now: float) -> bool:
         """Mark a stopped pod as starting (and put the lease on it) in one transaction; False if it moved."""
         async with self.session() as s:

@@ -385,8 +385,9 @@ class SttStream:
         arrival = self._last_arrival
         audio = self._buffer.slice(utt.start, end)
         result = await self._transcribe(audio, final=False, prefix=utt.committed or None)
-        if self._utterance is not utt or not self._accept(result) or result.text == utt.previous:
+        if self._utterance is not utt or not self._accept(result):
             return
+        # An unchanged text is still sent: its new `end` tells the client we are keeping up.
         # Commit only what two hypotheses agree on, and never un-commit: the prefix was forced anyway.
         agreed = agreed_prefix(utt.previous, result.text)
         if len(agreed) > len(utt.committed):

@@ -84,10 +84,9 @@ class TtsSession:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"text has {len(request.text)} characters; the limit is {limit}")
         if not request.text.strip():
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "text is empty")
-        if sum(not u.cancelled for u in self._queue) >= self._settings.max_queued_speaks:
-            raise ProtocolError(
-                ErrorCode.BUSY, f"{len(self._queue)} requests are already queued; wait for a done or cancel"
-            )
+        queued = sum(not u.cancelled for u in self._queue)
+        if queued >= self._settings.max_queued_speaks:
+            raise ProtocolError(ErrorCode.BUSY, f"{queued} requests are already queued; wait for a done or cancel")
         self._queue.append(_Utterance(request))
         self._wake.set()
 

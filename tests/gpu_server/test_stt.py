@@ -141,3 +141,12 @@ async def test_memory_stays_bounded_over_a_long_stream(engines):
     await batcher.aclose()
     assert peak <= settings.max_utterance_s + 1
     assert isinstance(sent[-1], protocol.Done)
+
+
+async def test_endpoint_gives_the_final_without_any_stop(server, spoken):
+    audio = np.concatenate([spoken.pcm16k[3], silence(1.0)])
+    result = await client.transcribe(
+        server.ws("/ws/stt"), token(), audio, 16000, realtime=False, stop=False, linger_s=2.0
+    )
+    assert [f.text for f in result.finals] and not any(isinstance(e.message, protocol.Done) for e in result.events)
+    assert word_error_rate([SENTENCES[3]], [result.text]) < 0.2, result.text

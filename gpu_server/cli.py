@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--lease-id", required=True, help="lease id to put in the token")
     token.add_argument("--ttl-s", type=float, required=True, help="seconds until the token expires")
     token.add_argument(
-        "--pod-id", help=f"pod the token is for (default: GPU_SERVER_POD_ID / HARPER_POD_ID, else {DEFAULT_POD!r})"
+        "--pod-id",
+        help="pod the token is for (default: GPU_SERVER_POD_ID, HARPER_POD_ID or RUNPOD_POD_ID, "
+        f"else {DEFAULT_POD!r})",
     )
     return parser
 

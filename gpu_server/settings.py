@@ -21,8 +21,11 @@ class Settings(BaseSettings):
     # HMAC secret of this pod's lease tokens (injected by the controller at pod creation).
     secret: str = ""
     # When set, a token must name this pod. The controller injects HARPER_POD_ID (its own id for the pod,
-    # which is what lease tokens name) at create; RunPod's RUNPOD_POD_ID is a different id.
-    pod_id: str | None = Field(default=None, validation_alias=AliasChoices("GPU_SERVER_POD_ID", "HARPER_POD_ID"))
+    # which is what its lease tokens name) at create; RunPod's RUNPOD_POD_ID is a different id, used only
+    # on a pod the controller did not create (no HARPER_POD_ID).
+    pod_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("GPU_SERVER_POD_ID", "HARPER_POD_ID", "RUNPOD_POD_ID")
+    )
     log_level: str = "info"
 
     # ---- engines

@@ -29,8 +29,12 @@ def test_token_command_prints_a_token_that_verifies():
     assert claims.lease_id == "lease-7" and time.time() + 100 < claims.expires_at <= time.time() + 121
 
 
-def test_token_command_defaults_to_the_runpod_pod_id_and_needs_a_secret():
-    done = run("token", "--lease-id", "l", "--ttl-s", "60", env={"GPU_SERVER_SECRET": SECRET, "HARPER_POD_ID": "rp-1"})
+def test_token_command_defaults_to_this_pods_id_and_needs_a_secret():
+    # On a pod the controller created, its own id (HARPER_POD_ID) is what tokens name, not RunPod's id.
+    env = {"GPU_SERVER_SECRET": SECRET, "HARPER_POD_ID": "harper-7", "RUNPOD_POD_ID": "rp-1"}
+    done = run("token", "--lease-id", "l", "--ttl-s", "60", env=env)
+    assert verify_token(SECRET, done.stdout.strip(), now=time.time(), pod_id="harper-7").pod_id == "harper-7"
+    done = run("token", "--lease-id", "l", "--ttl-s", "60", env={"GPU_SERVER_SECRET": SECRET, "RUNPOD_POD_ID": "rp-1"})
     assert verify_token(SECRET, done.stdout.strip(), now=time.time(), pod_id="rp-1").pod_id == "rp-1"
     missing = run("token", "--lease-id", "l", "--ttl-s", "60", env={"GPU_SERVER_SECRET": ""})
     assert missing.returncode == 2 and "GPU_SERVER_SECRET" in missing.stderr

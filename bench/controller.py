@@ -178,91 +178,131 @@ async def fill_leases(stack: Stack, n: int) -> list[str]:
         return list(ids)
 
 
+class RawHttp:
+    """A lean HTTP/1.1 keep-alive client (asyncio streams): httpx costs the load generator ~1 ms of CPU per
+    request, which on this 2-core machine would measure the client rather than the controller."""
+
+    def __init__(self, url: str, token: str, connections: int) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port, self.token, self.n = host, int(port), token, connections
+        self.pool: asyncio.Queue = asyncio.Queue()
+
+    async def open(self) -> None:
+        for _ in range(self.n):
+            self.pool.put_nowait(await asyncio.open_connection(self.host, self.port))
+
+    async def close(self) -> None:
+        while not self.pool.empty():
+            _, writer = self.pool.get_nowait()
+            writer.close()
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        reader, writer = await self.pool.get()
+        try:
+            head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.token}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+            writer.write(head.encode() + body)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            payload = await reader.readexactly(length)
+            return int(status_line.split()[1]), payload
+        finally:
+            self.pool.put_nowait((reader, writer))
+
+
 async def open_loop(stack: Stack, lease_ids: list[str], rate: float, seconds: float) -> dict[str, list[float]]:
+    """Requests start on a fixed schedule whatever the answers do; latency counts from the scheduled time,
+    so a stall shows up in the figures instead of slowing the load (no coordinated omission)."""
+    import json
+
     rng = random.Random(5)
     lat: dict[str, list[float]] = {"heartbeat": [], "get": [], "create+release": [], "all": [], "errors": []}
-    async with httpx.AsyncClient(base_url=stack.url, headers=stack.companion, timeout=10,
-                                 limits=httpx.Limits(max_connections=64)) as http:
+    http = RawHttp(stack.url, "bench-companion", 64)
+    await http.open()
 
-        async def one(i: int) -> None:
-            roll = rng.random()
-            t0 = time.perf_counter()
-            try:
-                if roll < 0.6:
-                    kind = "heartbeat"
-                    r = await http.post(f"/v1/leases/{rng.choice(lease_ids)}/heartbeat")
-                elif roll < 0.9:
-                    kind = "get"
-                    r = await http.get(f"/v1/leases/{rng.choice(lease_ids)}")
-                else:
-                    kind = "create+release"
-                    r = await http.post("/v1/leases", json={"session_id": f"load-{i}-{rng.random()}"})
-                    if r.status_code in (200, 201):
-                        r = await http.delete(f"/v1/leases/{r.json()['id']}")
-                if r.status_code >= 400:
-                    lat["errors"].append(1)
-            except httpx.HTTPError:
-                lat["errors"].append(1)
-                return
-            ms = (time.perf_counter() - t0) * 1000
-            lat[kind].append(ms)
-            lat["all"].append(ms)
+    async def one(i: int, due: float) -> None:
+        roll = rng.random()
+        if roll < 0.6:
+            kind, (status, _) = "heartbeat", await http.request("POST", f"/v1/leases/{rng.choice(lease_ids)}/heartbeat")
+        elif roll < 0.9:
+            kind, (status, _) = "get", await http.request("GET", f"/v1/leases/{rng.choice(lease_ids)}")
+        else:
+            kind = "create+release"
+            status, body = await http.request("POST", "/v1/leases", json.dumps({"session_id": f"load-{i}"}).encode())
+            if status in (200, 201):
+                status, _ = await http.request("DELETE", f"/v1/leases/{json.loads(body)['id']}")
+        if status >= 400:
+            lat["errors"].append(1)
+        ms = (time.perf_counter() - due) * 1000
+        lat[kind].append(ms)
+        lat["all"].append(ms)
 
-        tasks = []
-        start = time.perf_counter()
-        i = 0
-        while (elapsed := time.perf_counter() - start) < seconds:
-            target = int(elapsed * rate)
-            while i < target:
-                tasks.append(asyncio.create_task(one(i)))
-                i += 1
-            await asyncio.sleep(0.002)
-        await asyncio.gather(*tasks)
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    await http.close()
     return lat
 
 
 async def closed_loop(stack: Stack, lease_ids: list[str], concurrency: int, seconds: float, path: str) -> float:
     done = 0
-    async with httpx.AsyncClient(base_url=stack.url, headers=stack.companion, timeout=10,
-                                 limits=httpx.Limits(max_connections=concurrency)) as http:
-        stop = time.perf_counter() + seconds
-        rng = random.Random(9)
+    http = RawHttp(stack.url, "bench-companion", concurrency)
+    await http.open()
+    stop = time.perf_counter() + seconds
+    rng = random.Random(9)
 
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                if path == "healthz":
-                    await http.get("/healthz")
-                else:
-                    await http.post(f"/v1/leases/{rng.choice(lease_ids)}/heartbeat")
-                done += 1
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            if path == "healthz":
+                await http.request("GET", "/healthz")
+            else:
+                await http.request("POST", f"/v1/leases/{rng.choice(lease_ids)}/heartbeat")
+            done += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await http.close()
     return done / seconds
 
 
 async def healthz_baseline(stack: Stack, n: int, rate: float) -> list[float]:
     out = []
-    async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            await http.get("/healthz")
-            out.append((time.perf_counter() - t0) * 1000)
-            await asyncio.sleep(1 / rate)
+    http = RawHttp(stack.url, "bench-companion", 1)
+    await http.open()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await http.request("GET", "/healthz")
+        out.append((time.perf_counter() - t0) * 1000)
+        await asyncio.sleep(1 / rate)
+    await http.close()
     return out
 
 
 async def warm_grants(stack: Stack, n: int) -> list[float]:
+    import json
+
     out = []
-    async with httpx.AsyncClient(base_url=stack.url, headers=stack.companion, timeout=10) as http:
-        for i in range(n):
-            t0 = time.perf_counter()
-            r = await http.post("/v1/leases", json={"session_id": f"warm-{i}"})
-            ms = (time.perf_counter() - t0) * 1000
-            body = r.json()
-            if body["state"] == "ready" and body["path"] == "warm":
-                out.append(ms)
-            await http.delete(f"/v1/leases/{body['id']}")
+    http = RawHttp(stack.url, "bench-companion", 1)
+    await http.open()
+    for i in range(n):
+        t0 = time.perf_counter()
+        status, raw = await http.request("POST", "/v1/leases", json.dumps({"session_id": f"warm-{i}"}).encode())
+        ms = (time.perf_counter() - t0) * 1000
+        body = json.loads(raw)
+        if body["state"] == "ready" and body["path"] == "warm":
+            out.append(ms)
+        await http.request("DELETE", f"/v1/leases/{body['id']}")
+    await http.close()
     return out
 
 

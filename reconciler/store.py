@@ -15,7 +15,9 @@ Errors: ``StoreError`` (and ``SlotTaken`` for the slot invariant), chained from 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from .domain import (
     check_pod_transition,
 )
 
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _ACTIVE_SQL = "state IN ('pending', 'ready') AND pod_id IS NOT NULL"
 
@@ -195,6 +198,8 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
+        self._beats: list[dict] = []
+        self._beat_writer: asyncio.Task | None = None
         # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in its busy handler
         # (milliseconds at a time). So writes queue in-process on one connection instead, while reads use a
         # pool of their own (WAL lets them run beside the writer). The session already rolls back what it
@@ -434,27 +439,23 @@ class Store:
         return result.rowcount == 1
 
     async def warm_candidates(self, sessions_per_pod: int, limit: int = 8) -> list[tuple[PodRow, list[int]]]:
-        """Ready pods with a free slot, busiest first (bin-packing), with the slots in use on each."""
+        """Ready pods with a free slot, busiest first (bin-packing), with the slots in use on each. The
+        database counts: the API's hot path never loads the active leases."""
         async with self.reading() as s:
-            used_rows = (
+            rows = (
                 await s.exec(
                     text(
-                        "SELECT l.pod_id, l.slot FROM leases l JOIN pods p ON p.id = l.pod_id "
-                        "WHERE l.state IN ('pending', 'ready') AND p.phase = 'ready'"
-                    )
+                        "SELECT p.id, group_concat(l.slot) FROM pods p LEFT JOIN leases l ON l.pod_id = p.id "
+                        "AND l.state IN ('pending', 'ready') WHERE p.phase = 'ready' AND NOT p.cordoned "
+                        "AND p.unhealthy_since IS NULL GROUP BY p.id HAVING COUNT(l.id) < :n "
+                        "ORDER BY COUNT(l.id) DESC, p.created_at LIMIT :limit"
+                    ).bindparams(n=sessions_per_pod, limit=limit)
                 )
             ).all()
-            used: dict[str, list[int]] = {}
-            for pod_id, slot in used_rows:
-                used.setdefault(pod_id, []).append(slot)
-            query = select(PodRow).where(
-                col(PodRow.phase) == PodPhase.READY.value, col(PodRow.cordoned).is_(False),
-                col(PodRow.unhealthy_since).is_(None),
-            )
-            pods = (await s.exec(query)).all()
-        found = [(pod, used.get(pod.id, [])) for pod in pods if len(used.get(pod.id, [])) < sessions_per_pod]
-        found.sort(key=lambda item: -len(item[1]))
-        return found[:limit]
+            if not rows:
+                return []
+            pods = {p.id: p for p in (await s.exec(select(PodRow).where(col(PodRow.id).in_([r[0] for r in rows])))).all()}
+        return [(pods[pod_id], [int(x) for x in used.split(",")] if used else []) for pod_id, used in rows]
 
     async def grant_lease(self, lease_id: str, now: float) -> bool:
         async with self.session() as s:
@@ -478,17 +479,18 @@ class Store:
             return result.rowcount == 1
 
     async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> LeaseRow | None:
-        """Move an active lease to a final state; returns the row as it now is (None if unknown)."""
+        """Move an active lease to a final state (a no-op on an ended one); returns the row as it now is
+        (None if unknown)."""
+        check_lease_transition(LeaseState.READY, state)
         async with self.session() as s:
-            row = await s.get(LeaseRow, lease_id)
-            if row is None:
-                return None
-            if LeaseState(row.state) in ACTIVE_LEASE_STATES:
-                check_lease_transition(LeaseState(row.state), state)
-                row.state, row.reason, row.ended_at = state.value, reason, now
-                s.add(row)
-                await s.commit()
-            return row
+            await s.exec(
+                update(LeaseRow)
+                .where(col(LeaseRow.id) == lease_id,
+                       col(LeaseRow.state).in_([st.value for st in ACTIVE_LEASE_STATES]))
+                .values(state=state.value, reason=reason, ended_at=now)
+            )
+            await s.commit()
+        return await self.get_lease(lease_id)
 
     async def lease_with_pod(self, lease_id: str) -> tuple[LeaseRow | None, PodRow | None]:
         """A lease and its pod in one round trip (the hot path of GET and heartbeat)."""
@@ -503,18 +505,40 @@ class Store:
         return (row[0], row[1]) if row else (None, None)
 
     async def heartbeat(self, lease_id: str, expires_at: float, now: float) -> tuple[LeaseRow | None, PodRow | None]:
-        """Extend an active, unexpired lease; returns the lease (as it now is) and its pod."""
-        async with self.session() as s:
-            await s.exec(
-                update(LeaseRow)
-                .where(col(LeaseRow.id) == lease_id,
-                       col(LeaseRow.state).in_([st.value for st in ACTIVE_LEASE_STATES]),
-                       col(LeaseRow.expires_at) > now)
-                .values(expires_at=expires_at)
-            )
-            result = await self._lease_with_pod(s, lease_id)
-            await s.commit()
-            return result
+        """Extend an active, unexpired lease; returns the lease (as it now is) and its pod.
+
+        Heartbeats are most of the API's writes, and SQLite commits one writer at a time, so they are group
+        committed: the first one in a quiet moment is written at once, those arriving meanwhile go together
+        in the next transaction."""
+        done = asyncio.get_running_loop().create_future()
+        self._beats.append({"id": lease_id, "expires_at": expires_at, "now": now, "done": done})
+        if self._beat_writer is None or self._beat_writer.done():
+            self._beat_writer = asyncio.create_task(self._write_beats(), name="heartbeat-group-commit")
+        await done
+        return await self.lease_with_pod(lease_id)
+
+    async def _write_beats(self) -> None:
+        while self._beats:
+            batch, self._beats = self._beats, []
+            try:
+                async with self.session() as s:
+                    await s.exec(
+                        text(
+                            "UPDATE leases SET expires_at = :expires_at WHERE id = :id "
+                            "AND state IN ('pending', 'ready') AND expires_at > :now"
+                        ),
+                        params=[{k: b[k] for k in ("id", "expires_at", "now")} for b in batch],
+                    )
+                    await s.commit()
+            except Exception as e:  # noqa: BLE001 - every waiter hears about the failure
+                for beat in batch:
+                    if not beat["done"].done():
+                        beat["done"].set_exception(StoreError("heartbeat could not be stored"))
+                log.error("heartbeat batch of %d failed: %s", len(batch), e)
+                continue
+            for beat in batch:
+                if not beat["done"].done():
+                    beat["done"].set_result(None)
 
     async def _commit(self, s: AsyncSession) -> None:
         try:
@@ -546,15 +570,17 @@ class Store:
             return list((await s.exec(query)).all())
 
     async def add_spend(self, amounts: dict[str, tuple[float, float]]) -> None:
-        """Add ``{key: (usd, seconds)}`` to the running totals."""
+        """Add ``{key: (usd, seconds)}`` to the running totals: one upsert for all keys."""
         if not amounts:
             return
         async with self.session() as s:
-            for key, (usd, seconds) in amounts.items():
-                row = await s.get(SpendRow, key) or SpendRow(key=key)
-                row.usd += usd
-                row.seconds += seconds
-                s.add(row)
+            await s.exec(
+                text(
+                    "INSERT INTO spend (key, usd, seconds) VALUES (:key, :usd, :seconds) ON CONFLICT (key) "
+                    "DO UPDATE SET usd = spend.usd + excluded.usd, seconds = spend.seconds + excluded.seconds"
+                ),
+                params=[{"key": k, "usd": usd, "seconds": sec} for k, (usd, sec) in amounts.items()],
+            )
             await s.commit()
 
     async def spend(self) -> list[SpendRow]:

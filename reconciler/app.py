@@ -7,6 +7,7 @@ one for tests), and starts the reconcile loop; shutdown stops them in reverse or
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -53,6 +54,9 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
             lease_ttl_s=settings.lease_ttl_s, queue_limit=settings.queue_limit,
         )
         await controller.start()
+        # Everything built so far lives as long as the process: keep it out of the cyclic GC's full
+        # collections, whose pauses otherwise show up as the API's p99.
+        gc.freeze()
         try:
             yield
         finally:

@@ -36,7 +36,7 @@ from .domain import (
 from .metrics import ControllerMetrics
 from .planning import find_orphans, plan
 from .provider import Provider, ProviderError, ProviderPod
-from .store import Store, lease_from_row, pod_from_row
+from .store import Store
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -143,7 +143,9 @@ class Controller:
         for runpod_id in list(self.orphans_seen):
             if runpod_id not in listed_ids:
                 del self.orphans_seen[runpod_id]
-        actions = plan(desired, observed, now)
+        # plan() is pure CPU; in a thread the GIL still switches every few ms, so API requests keep flowing
+        # while thousands of leases are planned.
+        actions = await asyncio.to_thread(plan, desired, observed, now)
         outcome = await self.actuator.run(actions, now)
         await self._account(desired, now)
         if outcome.leases_changed:
@@ -160,9 +162,9 @@ class Controller:
         policy = self.policy = await self.store.get_policy(self.default_policy)
         await self._refresh_prices(policy)
         unavailable = {row.gpu_type: row.unavailable_until for row in await self.store.gpu_types()}
-        pods = tuple(pod_from_row(r) for r in await self.store.live_pods())
-        leases = tuple(lease_from_row(r) for r in await self.store.active_leases())
-        return Desired(policy, self.tuning, pods, leases, unavailable, dict(self.prices), dict(self.orphans_seen))
+        pods, leases = await self.store.planning_state()
+        return Desired(policy, self.tuning, tuple(pods), tuple(leases), unavailable, dict(self.prices),
+                       dict(self.orphans_seen))
 
     async def _refresh_prices(self, policy: Policy) -> None:
         for gpu_type in policy.gpu_types:

@@ -342,6 +342,30 @@ class Store:
             query = select(LeaseRow).where(col(LeaseRow.state).in_([st.value for st in ACTIVE_LEASE_STATES]))
             return list((await s.exec(query)).all())
 
+    async def planning_state(self) -> tuple[list[Pod], list[Lease]]:
+        """Live pods and active leases as domain records, read with plain SQL: the loop reads them every
+        pass, and building ORM objects for thousands of rows would hold the event loop for a while."""
+        pod_cols = [c for c in Pod.__slots__]
+        lease_cols = [c for c in Lease.__slots__]
+        async with self.reading() as s:
+            pods = (await s.exec(text(
+                f"SELECT {', '.join(pod_cols)} FROM pods WHERE phase != 'terminated'"))).all()
+            leases = (await s.exec(text(
+                f"SELECT {', '.join(lease_cols)} FROM leases WHERE state IN ('pending', 'ready')"))).all()
+        pod_records = []
+        for row in pods:
+            values = dict(zip(pod_cols, row, strict=True))
+            values["role"], values["phase"] = PodRole(values["role"]), PodPhase(values["phase"])
+            values["cordoned"], values["was_ready"] = bool(values["cordoned"]), bool(values["was_ready"])
+            pod_records.append(Pod(**values))
+        lease_records = []
+        for row in leases:
+            values = dict(zip(lease_cols, row, strict=True))
+            values["state"] = LeaseState(values["state"])
+            values["path"] = ClaimPath(values["path"]) if values["path"] else None
+            lease_records.append(Lease(**values))
+        return pod_records, lease_records
+
     async def get_lease(self, lease_id: str) -> LeaseRow | None:
         async with self.reading() as s:
             return await s.get(LeaseRow, lease_id)

@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reconciler.domain import (  # noqa: E402
+from reconciler.domain import (
     Desired,
     Lease,
     LeaseState,
@@ -43,14 +43,14 @@ from reconciler.domain import (  # noqa: E402
     Policy,
     Tuning,
 )
-from reconciler.planning import plan  # noqa: E402
+from reconciler.planning import plan
 
 GPU = "NVIDIA GeForce RTX 4090"
 
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 # ------------------------------------------------------------------------------------------------ plan()
@@ -121,7 +121,7 @@ class Stack:
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> None:
-        log = open(self.workdir / "stack.log", "w")  # noqa: SIM115
+        log = open(self.workdir / "stack.log", "w")
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "runpod_emulator", "serve", "--port", str(self.emu_port), "--api-key", "bench",
              "--runner", "simulated", "--boot-seconds", "0.2", "--load-seconds", "0.2"],

@@ -276,7 +276,9 @@ class RunPodProvider:
                 log.warning("create of %s reported an error but the pod exists: adopting %s", spec.name, found.id)
                 return found
             raise
-        return ProviderPod(id=raw["id"], name=spec.name, desired_status="RUNNING", machine_id=raw.get("machineId") or "")
+        return ProviderPod(
+            id=raw["id"], name=spec.name, desired_status="RUNNING", machine_id=raw.get("machineId") or ""
+        )
 
     async def resume_pod(self, pod_id: str) -> None:
         mutation = pod_mutations.generate_pod_resume_mutation(pod_id, 1)

@@ -478,7 +478,8 @@ class Store:
             ).all()
             if not rows:
                 return []
-            pods = {p.id: p for p in (await s.exec(select(PodRow).where(col(PodRow.id).in_([r[0] for r in rows])))).all()}
+            query = select(PodRow).where(col(PodRow.id).in_([r[0] for r in rows]))
+            pods = {p.id: p for p in (await s.exec(query)).all()}
         return [(pods[pod_id], [int(x) for x in used.split(",")] if used else []) for pod_id, used in rows]
 
     async def grant_lease(self, lease_id: str, now: float) -> bool:
@@ -554,7 +555,7 @@ class Store:
                         params=[{k: b[k] for k in ("id", "expires_at", "now")} for b in batch],
                     )
                     await s.commit()
-            except Exception as e:  # noqa: BLE001 - every waiter hears about the failure
+            except Exception as e:
                 for beat in batch:
                     if not beat["done"].done():
                         beat["done"].set_exception(StoreError("heartbeat could not be stored"))

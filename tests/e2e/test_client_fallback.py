@@ -1,14 +1,13 @@
 """The companion library's fallback chain against the real local stack: a dead pod gets the session a new
 lease; a dead controller gets it the local CPU gpu_server, and says so."""
 
-import asyncio
 import signal
 from urllib.parse import urlparse
 
 import psutil
 import pytest
-from websockets.exceptions import WebSocketException
 from prometheus_client import CollectorRegistry, generate_latest
+from websockets.exceptions import WebSocketException
 
 from gpu_server.client import speak
 from reconciler.client import ControllerUnavailable, VoicePods

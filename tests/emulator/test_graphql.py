@@ -12,7 +12,7 @@ CREATE = """
 mutation createPod($input: PodFindAndDeployOnDemandInput!) {
   podFindAndDeployOnDemand(input: $input) { id desiredStatus machineId costPerHr }
 }"""
-GET = "query getPod($input: PodFilter!) { pod(input: $input) { id desiredStatus runtime { ports { privatePort publicPort type isIpPublic ip } } } }"  # noqa: E501
+GET = "query getPod($input: PodFilter!) { pod(input: $input) { id desiredStatus runtime { ports { privatePort publicPort type isIpPublic ip } } } }"
 RESUME = "mutation resume($input: PodResumeInput!) { podResume(input: $input) { id desiredStatus } }"
 STOP = "mutation stop($input: PodStopInput!) { podStop(input: $input) { id desiredStatus } }"
 TERMINATE = "mutation terminate($input: PodTerminateInput!) { podTerminate(input: $input) }"

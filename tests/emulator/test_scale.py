@@ -82,7 +82,7 @@ async def test_100_process_pods_start_and_all_die_with_the_emulator(tmp_path):
     )
     async with EmulatorServer(settings) as server:
         async with httpx.AsyncClient(base_url=server.url, headers=HEADERS, timeout=30) as client:
-            mutation = 'mutation { podFindAndDeployOnDemand(input: {name: "p", imageName: "i", gpuTypeId: "%s", ports: "8000/tcp"}) { id } }'  # noqa: E501
+            mutation = 'mutation { podFindAndDeployOnDemand(input: {name: "p", imageName: "i", gpuTypeId: "%s", ports: "8000/tcp"}) { id } }'
             for _ in range(100):
                 response = await client.post("/graphql", json={"query": mutation % RTX_4090})
                 assert response.json()["data"]["podFindAndDeployOnDemand"]["id"]

@@ -4,7 +4,7 @@ import pytest
 
 from gpu_server.auth import verify_token
 
-from .harness import ADMIN, COMPANION, Api, until
+from .harness import ADMIN, COMPANION, until
 from .test_controller_lifecycle import standby_parked
 
 

@@ -7,6 +7,7 @@ leases at once, and every lease ended released, expired or failed with a reason.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -31,7 +32,7 @@ class Daemon:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        log = open(self.log_path, "a")  # noqa: SIM115 - handed to the child
+        log = open(self.log_path, "a")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "reconciler", "run", env=self.env, stdout=log, stderr=log,
         )
@@ -103,7 +104,7 @@ async def test_sigkill_at_random_moments_loses_no_lease_and_leaks_no_pod(tmp_pat
     try:
         await daemon.start()
         sessions: list[asyncio.Task] = []
-        for kill in range(KILLS):
+        for _ in range(KILLS):
             for _ in range(rng.randint(1, 3)):
                 sessions.append(asyncio.create_task(session(http, len(sessions), rng, stop)))
             await asyncio.sleep(rng.uniform(0.8, 2.5))  # the daemon boots (~2 s) and works for a while
@@ -148,7 +149,7 @@ async def test_sigkill_at_random_moments_loses_no_lease_and_leaks_no_pod(tmp_pat
     assert served >= KILLS // 2, "the workload should have been served through the crashes"
     for spans in held.values():
         spans.sort()
-        for (_, end_a), (start_b, _) in zip(spans, spans[1:], strict=False):
+        for (_, end_a), (start_b, _) in itertools.pairwise(spans):
             assert end_a <= start_b, f"two leases held one slot at once: {spans}"
     with open(tmp_path / "daemon.log") as f:
         log = f.read()

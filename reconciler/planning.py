@@ -127,12 +127,6 @@ PROVIDER_ACTIONS = (CreatePod, ResumePod, StopPod, TerminatePod, TerminateOrphan
 # ------------------------------------------------------------------------------------- observation sync
 
 
-def sync_pod(pod: Pod, seen: ObservedPod | None, tuning: Tuning, now: float) -> Pod:
-    """What the record of ``pod`` should say, given what RunPod reports (``None``: not listed)."""
-    changes = sync_changes(pod, seen, tuning, now)
-    return replace(pod, **changes) if changes else pod
-
-
 def sync_changes(pod: Pod, seen: ObservedPod | None, tuning: Tuning, now: float) -> dict[str, object]:
     """The fields of ``pod`` that differ from what RunPod reports; a new phase brings ``phase_since``."""
     P = PodPhase

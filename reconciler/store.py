@@ -144,28 +144,6 @@ class SpendRow(SQLModel, table=True):
     seconds: float = 0.0
 
 
-# ------------------------------------------------------------------------------------------ conversions
-
-
-def pod_from_row(row: PodRow) -> Pod:
-    return Pod(
-        id=row.id, role=PodRole(row.role), phase=PodPhase(row.phase), gpu_type=row.gpu_type,
-        created_at=row.created_at, phase_since=row.phase_since, runpod_id=row.runpod_id,
-        cost_per_hr=row.cost_per_hr, cordoned=row.cordoned, was_ready=row.was_ready, ready_at=row.ready_at,
-        idle_since=row.idle_since, unhealthy_since=row.unhealthy_since, backoff_until=row.backoff_until,
-        failures=row.failures, endpoint_host=row.endpoint_host, endpoint_port=row.endpoint_port,
-        reason=row.reason,
-    )
-
-
-def lease_from_row(row: LeaseRow) -> Lease:
-    return Lease(
-        id=row.id, session_id=row.session_id, state=LeaseState(row.state), created_at=row.created_at,
-        expires_at=row.expires_at, pod_id=row.pod_id, slot=row.slot,
-        path=ClaimPath(row.path) if row.path else None, ready_at=row.ready_at, reason=row.reason,
-    )
-
-
 # ------------------------------------------------------------------------------------------------- store
 
 
@@ -611,11 +589,6 @@ class Store:
     async def spend(self) -> list[SpendRow]:
         async with self.reading() as s:
             return list((await s.exec(select(SpendRow))).all())
-
-    async def raw(self, sql: str, **params: object) -> list[tuple]:
-        """Read-only SQL for tests and diagnostics."""
-        async with self.reading() as s:
-            return [tuple(r) for r in (await s.exec(text(sql).bindparams(**params))).all()]
 
 
 def dumps(body: object) -> str:

@@ -148,6 +148,7 @@ class Controller:
         actions = await asyncio.to_thread(plan, desired, observed, now)
         outcome = await self.actuator.run(actions, now)
         await self._account(desired, now)
+        await self.store.checkpoint()
         if outcome.leases_changed:
             async with self.lease_changed:
                 self.lease_changed.notify_all()

@@ -169,6 +169,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=5000")
+    # No checkpoint inside a commit (it would stall every writer behind it for the fsync): the loop runs a
+    # PASSIVE checkpoint off the write path after each pass instead (``Store.checkpoint``).
+    cur.execute("PRAGMA wal_autocheckpoint=0")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -190,6 +193,12 @@ class Store:
         if sqlite:
             for engine in (self.engine, self.reader):
                 event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database file without blocking writers (SQLite only)."""
+        if self.reader is not self.engine:
+            async with self.reader.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -62,6 +62,7 @@ class Controller:
         self.tuning = tuning
         self.metrics = metrics
         self.interval_s = interval_s
+        self.min_pass_gap_s = min(0.25, interval_s)
         self.clock = clock
         self.prices: dict[str, float] = {}
         self.actuator = Actuator(store, provider, template, tuning, metrics, self.prices, clock)
@@ -113,7 +114,11 @@ class Controller:
         """Run passes until no wake is outstanding; returns the actions of the last pass."""
         async with self._lock:
             actions: list = []
-            for _ in range(5):  # a wake during a pass runs it again, but never forever
+            for attempt in range(5):  # a wake during a pass runs it again, but never forever
+                if attempt:
+                    # Under a burst of wakes, passes would run back to back and starve the API; pending leases
+                    # lose nothing by a short wait (the warm path is served inside the request).
+                    await asyncio.sleep(self.min_pass_gap_s)
                 self._dirty = False
                 actions = await self._pass()
                 if not self._dirty:

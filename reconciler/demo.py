@@ -155,7 +155,8 @@ def cmd_demo_local(args: argparse.Namespace) -> int:
     }
     env.pop("HARPER_RUNPOD_API_KEY", None)
     log_path = workdir / "controller.log"
-    print(f"==> starting the local stack (controller log: {log_path})", flush=True)
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout carries the JSON object only
+    print(f"==> starting the local stack (controller log: {log_path})", file=out, flush=True)
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run"], env=env, stdout=log_file,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -173,17 +174,17 @@ def cmd_demo_local(args: argparse.Namespace) -> int:
                 return 1
             status = _standby_status(url, admin)
             if status != last:
-                print(f"    [{time.monotonic() - started:5.1f}s] {status}", flush=True)
+                print(f"    [{time.monotonic() - started:5.1f}s] {status}", file=out, flush=True)
                 last = status
             if status.startswith("standby ready"):
                 break
             time.sleep(0.5)
-        print("==> running the demo round trip", flush=True)
+        print("==> running the demo round trip", file=out, flush=True)
         demo_args = argparse.Namespace(url=url, token=env["HARPER_API_TOKEN"], text=args.text, json=args.json)
         os.environ["HARPER_API_TOKEN"] = env["HARPER_API_TOKEN"]
         return cmd_demo(demo_args)
     finally:
-        print("==> shutting the local stack down", flush=True)
+        print("==> shutting the local stack down", file=out, flush=True)
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)

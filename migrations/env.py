@@ -6,7 +6,7 @@ SQLite needs ``render_as_batch`` so that later ALTERs become copy-and-move table
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from reconciler.store import SQLModel  # the tables register themselves on SQLModel.metadata
+from reconciler.tables import SQLModel  # the tables register themselves on SQLModel.metadata
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -39,7 +39,8 @@ from .provider import (
     Provider,
     ProviderError,
 )
-from .store import PodRow, SlotTaken, Store
+from .store import SlotTaken, Store
+from .tables import PodRow
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 300.0

@@ -21,10 +21,10 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlalchemy import Index, event, text
+from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import Field, SQLModel, col, select, update
+from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .domain import (
@@ -39,10 +39,10 @@ from .domain import (
     check_lease_transition,
     check_pod_transition,
 )
+from .tables import EventRow, GpuTypeRow, LeaseRow, PodRow, PolicyRow, SpendRow
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-_ACTIVE_SQL = "state IN ('pending', 'ready') AND pod_id IS NOT NULL"
 
 
 class StoreError(Exception):
@@ -55,93 +55,6 @@ class SlotTaken(StoreError):
 
 class DuplicateKey(StoreError):
     """A lease with that idempotency key exists already."""
-
-
-# ------------------------------------------------------------------------------------------------ tables
-
-
-class PodRow(SQLModel, table=True):
-    __tablename__ = "pods"
-
-    id: str = Field(primary_key=True)
-    runpod_id: str | None = Field(default=None, unique=True)
-    role: str
-    phase: str = Field(index=True)
-    gpu_type: str
-    cost_per_hr: float = 0.0
-    secret: str
-    created_at: float
-    phase_since: float
-    cordoned: bool = False
-    was_ready: bool = False
-    ready_at: float | None = None
-    idle_since: float | None = None
-    unhealthy_since: float | None = None
-    backoff_until: float = 0.0
-    failures: int = 0
-    endpoint_host: str | None = None
-    endpoint_port: int | None = None
-    reason: str = ""
-
-
-class LeaseRow(SQLModel, table=True):
-    __tablename__ = "leases"
-    __table_args__ = (
-        Index(
-            "ux_leases_active_slot", "pod_id", "slot", unique=True,
-            sqlite_where=text(_ACTIVE_SQL), postgresql_where=text(_ACTIVE_SQL),
-        ),
-    )
-
-    id: str = Field(primary_key=True)
-    session_id: str = Field(index=True)
-    voice_id: str | None = None
-    language: str | None = None
-    state: str = Field(index=True)
-    pod_id: str | None = Field(default=None, index=True)
-    slot: int | None = None
-    path: str | None = None
-    idempotency_key: str = Field(unique=True)
-    request_hash: str
-    first_response: str = ""
-    created_at: float
-    expires_at: float
-    ready_at: float | None = None
-    ended_at: float | None = None
-    reason: str = ""
-
-
-class PolicyRow(SQLModel, table=True):
-    __tablename__ = "policy"
-
-    id: int = Field(default=1, primary_key=True)
-    body: str
-
-
-class GpuTypeRow(SQLModel, table=True):
-    __tablename__ = "gpu_types"
-
-    gpu_type: str = Field(primary_key=True)
-    price_per_hr: float = 0.0
-    unavailable_until: float = 0.0
-
-
-class EventRow(SQLModel, table=True):
-    __tablename__ = "events"
-
-    id: int | None = Field(default=None, primary_key=True)
-    time: float = Field(index=True)
-    object: str
-    reason: str
-    message: str
-
-
-class SpendRow(SQLModel, table=True):
-    __tablename__ = "spend"
-
-    key: str = Field(primary_key=True)  # "gpu:<pod id>" | "storage:<pod id>"
-    usd: float = 0.0
-    seconds: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------------- store

@@ -1,0 +1,145 @@
+"""Admin endpoints: pods and overrides, policy, reconcile now, events, cost."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
+
+from ..domain import LeaseState, PodPhase, PodRole, Policy
+from ..loop import Controller
+from ..provider import HostGpuBusy, NotFound, ProviderError
+from ..store import dumps
+from ..tables import LeaseRow, PodRow
+from .common import Admin, ApiError, Ctl, PolicyPatch, first_error, iso, json_body, render_pod
+
+admin = APIRouter(prefix="/v1", tags=["admin"])
+
+
+@admin.get("/pods")
+async def list_pods(ctl: Ctl, _: Admin, all: bool = False) -> dict[str, Any]:
+    rows = await (ctl.store.all_pods() if all else ctl.store.live_pods())
+    active = await ctl.store.active_leases()
+    return {"pods": [await render_pod(ctl, row, active) for row in rows]}
+
+
+@admin.get("/pods/{pod_id}")
+async def get_pod(pod_id: str, ctl: Ctl, _: Admin) -> dict[str, Any]:
+    row = await _pod_or_404(ctl, pod_id)
+    return await render_pod(ctl, row, await ctl.store.leases_on([pod_id]))
+
+
+@admin.post("/pods/{pod_id}/{op}")
+async def pod_override(
+    pod_id: str, op: str, ctl: Ctl, _: Admin, force: bool = False
+) -> dict[str, Any]:
+    if op not in ("stop", "start", "terminate", "cordon", "uncordon"):
+        raise ApiError(404, "not_found", f"no pod operation {op!r}")
+    row = await _pod_or_404(ctl, pod_id)
+    now = ctl.clock()
+    held = await ctl.store.leases_on([pod_id])
+    phase = PodPhase(row.phase)
+    if op in ("cordon", "uncordon"):
+        await ctl.store.update_pod(pod_id, [("cordoned", op == "cordon")])
+    elif phase in (PodPhase.TERMINATED, PodPhase.FAILED) or row.runpod_id is None:
+        raise ApiError(409, "conflict", f"pod {pod_id} is {row.phase}")
+    elif op in ("stop", "terminate") and held and not force:
+        raise ApiError(409, "pod_leased", f"pod {pod_id} holds {len(held)} lease(s); add ?force=true")
+    else:
+        try:
+            await _override(ctl, row, op, now, held)
+        except HostGpuBusy as e:
+            raise ApiError(409, "host_gpu_busy", str(e)) from None
+        except NotFound as e:
+            raise ApiError(409, "not_found_at_runpod", str(e)) from None
+        except ProviderError as e:
+            raise ApiError(502, "provider_error", f"RunPod: {type(e).__name__}: {e}") from None
+    await ctl.store.add_events([(now, f"pod/{pod_id}", f"Admin{op.title()}", f"by admin (force={force})")])
+    ctl.wake()
+    return await render_pod(ctl, await ctl.store.get_pod(pod_id), await ctl.store.leases_on([pod_id]))
+
+
+async def _override(ctl: Controller, row: PodRow, op: str, now: float, held: list[LeaseRow]) -> None:
+    async with ctl._lock:  # never act on a pod while a pass is acting on it
+        for lease in held:
+            await ctl.store.end_lease(lease.id, LeaseState.FAILED, f"pod {op} by admin", now)
+        if op == "stop":
+            if row.phase != PodPhase.STOPPED.value:
+                await ctl.store.begin_stop(row.id, now, make_standby=True, force=True)
+                await ctl.provider.stop_pod(row.runpod_id)
+        elif op == "terminate":
+            await ctl.store.update_pod(row.id, [("phase", PodPhase.TERMINATING), ("phase_since", now),
+                                                ("reason", "terminated by admin")])
+            await ctl.provider.terminate_pod(row.runpod_id)
+        elif op == "start":
+            if row.phase != PodPhase.STOPPED.value:
+                raise ApiError(409, "conflict", f"pod {row.id} is {row.phase}, not stopped")
+            await ctl.provider.resume_pod(row.runpod_id)
+            # A pod an admin starts serves (and stops after the idle TTL) rather than being parked at once.
+            await ctl.store.update_pod(row.id, [("phase", PodPhase.STARTING), ("phase_since", now),
+                                                ("role", PodRole.SERVING), ("backoff_until", 0.0)])
+
+
+@admin.get("/policy")
+async def get_policy(ctl: Ctl, _: Admin) -> dict[str, Any]:
+    return (await ctl.store.get_policy(ctl.default_policy)).model_dump()
+
+
+@admin.patch("/policy")
+async def patch_policy(request: Request, ctl: Ctl, _: Admin) -> dict[str, Any]:
+    body = await json_body(request)
+    try:
+        patch = PolicyPatch.model_validate(body)
+        current = await ctl.store.get_policy(ctl.default_policy)
+        merged = Policy.model_validate(current.model_dump() | patch.model_dump(exclude_none=True))
+    except ValidationError as e:
+        raise ApiError(422, "invalid_policy", first_error(e)) from None
+    await ctl.store.set_policy(merged)
+    ctl.policy = merged
+    await ctl.store.add_events([(ctl.clock(), "policy", "PolicyChanged", dumps(patch.model_dump(exclude_none=True)))])
+    ctl.wake()
+    return merged.model_dump()
+
+
+@admin.post("/reconcile")
+async def reconcile_now(ctl: Ctl, _: Admin) -> dict[str, Any]:
+    actions = await ctl.reconcile_once()
+    return {"ok": ctl.last_error == "", "error": ctl.last_error or None,
+            "actions": [type(a).__name__ for a in actions]}
+
+
+@admin.get("/events")
+async def events(
+    ctl: Ctl, _: Admin, limit: Annotated[int, Query(ge=1, le=5000)] = 200, object: str | None = None
+) -> dict[str, Any]:
+    rows = await ctl.store.events(limit, object)
+    return {"events": [{"time": iso(e.time), "object": e.object, "reason": e.reason, "message": e.message}
+                       for e in rows]}
+
+
+@admin.get("/cost")
+async def cost(ctl: Ctl, _: Admin) -> dict[str, Any]:
+    spend = await ctl.store.spend()
+    by_pod: dict[str, dict[str, float]] = {}
+    totals = {"gpu": 0.0, "storage": 0.0}
+    for row in spend:
+        kind, _, pod_id = row.key.partition(":")
+        by_pod.setdefault(pod_id, {"gpu": 0.0, "storage": 0.0})[kind] = round(row.usd, 6)
+        totals[kind] = totals.get(kind, 0.0) + row.usd
+    m = ctl.metrics
+    per_hour = {kind: m.cost_per_hour.labels(kind=kind)._value.get() for kind in ("gpu", "storage")}
+    return {
+        "usd_per_hour": {**{k: round(v, 6) for k, v in per_hour.items()}, "total": round(sum(per_hour.values()), 6)},
+        "spent_usd": {**{k: round(v, 6) for k, v in totals.items()}, "total": round(sum(totals.values()), 6)},
+        "by_pod": by_pod,
+    }
+
+
+async def _pod_or_404(ctl: Controller, pod_id: str) -> PodRow:
+    row = await ctl.store.get_pod(pod_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no pod {pod_id}")
+    return row
+
+

@@ -1,0 +1,223 @@
+"""Shared pieces of the controller API: errors, auth scopes, request models, rendering, body limits."""
+
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gpu_server.auth import issue_token
+
+from ..domain import LeaseState, PodPhase
+from ..loop import Controller
+from ..tables import LeaseRow, PodRow
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 64 * 1024
+MAX_WAIT_S = 60.0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    companion_token: str
+    admin_token: str
+    lease_ttl_s: float
+    queue_limit: int
+
+
+class LeaseCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    session_id: str = Field(min_length=1, max_length=200)
+    voice_id: str | None = Field(default=None, max_length=200)
+    language: str | None = Field(default=None, max_length=16)
+
+
+class PolicyPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    standby_count: int | None = None
+    idle_ttl_s: float | None = None
+    stopped_ttl_s: float | None = None
+    sessions_per_pod: int | None = None
+    max_pods: int | None = None
+    gpu_types: list[str] | None = None
+    budget_usd_per_hour: float | None = None
+    paused: bool | None = None
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+# ------------------------------------------------------------------------------------------------- auth
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "missing bearer token")
+    return token.strip()
+
+
+def _is(token: str, expected: str) -> bool:
+    return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def companion_or_admin(request: Request) -> str:
+    cfg: ApiConfig = request.app.state.api_config
+    token = _bearer(request)
+    if _is(token, cfg.admin_token):
+        return "admin"
+    if _is(token, cfg.companion_token):
+        return "companion"
+    raise ApiError(401, "unauthorized", "invalid token")
+
+
+def admin_only(request: Request) -> str:
+    if companion_or_admin(request) != "admin":
+        raise ApiError(403, "forbidden", "this endpoint needs the admin token")
+    return "admin"
+
+
+Companion = Annotated[str, Depends(companion_or_admin)]
+Admin = Annotated[str, Depends(admin_only)]
+
+
+def controller_of(request: Request) -> Controller:
+    return request.app.state.controller
+
+
+Ctl = Annotated[Controller, Depends(controller_of)]
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+def ws_endpoints(pod: PodRow | None) -> dict[str, str] | None:
+    if pod is None or not pod.endpoint_host or not pod.endpoint_port:
+        return None
+    base = f"ws://{pod.endpoint_host}:{pod.endpoint_port}"
+    return {"stt": f"{base}/ws/stt", "tts": f"{base}/ws/tts"}
+
+
+def lease_body(lease: LeaseRow, pod: PodRow | None, queue_position: int | None) -> dict[str, Any]:
+    ready = lease.state == LeaseState.READY.value and pod is not None
+    return {
+        "id": lease.id,
+        "session_id": lease.session_id,
+        "state": lease.state,
+        "pod_id": lease.pod_id,
+        "path": lease.path,
+        "endpoints": ws_endpoints(pod) if ready else None,
+        "token": issue_token(pod.secret, lease.id, pod.id, lease.expires_at) if ready else None,
+        "expires_at": iso(lease.expires_at),
+        "created_at": iso(lease.created_at),
+        "ready_at": iso(lease.ready_at),
+        "queue_position": queue_position,
+        "reason": lease.reason or None,
+    }
+
+
+async def render_lease(ctl: Controller, lease: LeaseRow, pod: PodRow | None = None) -> dict[str, Any]:
+    if lease.pod_id and pod is None:
+        pod = await ctl.store.get_pod(lease.pod_id)
+    queue_position = None
+    if lease.state == LeaseState.PENDING.value and lease.pod_id is None:
+        queue_position = await ctl.store.queue_position(lease)
+    return lease_body(lease, pod, queue_position)
+
+
+async def render_pod(ctl: Controller, pod: PodRow, leases: list[LeaseRow]) -> dict[str, Any]:
+    return {
+        "id": pod.id,
+        "name": f"harper-{pod.id}",
+        "runpod_id": pod.runpod_id,
+        "role": pod.role,
+        "state": pod.phase,
+        "gpu_type": pod.gpu_type,
+        "cost_per_hr": pod.cost_per_hr,
+        "endpoints": ws_endpoints(pod) if pod.phase == PodPhase.READY.value else None,
+        "cordoned": pod.cordoned,
+        "was_ready": pod.was_ready,
+        "healthy": pod.phase == PodPhase.READY.value and pod.unhealthy_since is None,
+        "created_at": iso(pod.created_at),
+        "state_since": iso(pod.phase_since),
+        "ready_at": iso(pod.ready_at),
+        "backoff_until": iso(pod.backoff_until) if pod.backoff_until else None,
+        "reason": pod.reason or None,
+        "leases": [lease.id for lease in leases if lease.pod_id == pod.id],
+    }
+
+
+
+# ------------------------------------------------------------------------------------------ plumbing
+
+
+async def json_body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+
+
+def first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in err.get("loc", ())) or "body"
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
+class BodyLimit:
+    """Refuse bodies over the limit from Content-Length, and cut off streamed ones while they arrive."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await _send_error(send, 413, "too_large", f"body over {self.limit} bytes")
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, "too_large", f"body over {self.limit} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+async def _send_error(send: Any, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+

@@ -1,0 +1,168 @@
+"""`/v1/leases`: the companion server's endpoints (create with the warm path inline, long-poll, heartbeat, release)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from ..domain import ACTIVE_LEASE_STATES, ClaimPath, LeaseState
+from ..loop import Controller
+from ..store import DuplicateKey, SlotTaken, dumps
+from ..tables import LeaseRow, PodRow
+from .common import (
+    MAX_WAIT_S,
+    Admin,
+    ApiConfig,
+    ApiError,
+    Companion,
+    Ctl,
+    LeaseCreate,
+    first_error,
+    json_body,
+    lease_body,
+    render_lease,
+)
+
+leases = APIRouter(prefix="/v1/leases", tags=["leases"])
+
+
+@leases.post("", status_code=201)
+async def create_lease(
+    request: Request, ctl: Ctl, _: Companion,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:
+    body = await json_body(request)
+    try:
+        req = LeaseCreate.model_validate(body)
+    except ValidationError as e:
+        ctl.metrics.lease_requests.labels(result="invalid").inc()
+        raise ApiError(422, "invalid_request", first_error(e)) from None
+    cfg: ApiConfig = request.app.state.api_config
+    key = idempotency_key or req.session_id
+    request_hash = hashlib.sha256(dumps(req.model_dump()).encode()).hexdigest()
+    existing = await ctl.store.lease_by_key(key)
+    if existing is None:
+        try:
+            return await _new_lease(ctl, cfg, req, key, request_hash)
+        except DuplicateKey:
+            existing = await ctl.store.lease_by_key(key)  # lost a race with the same key
+    if existing.request_hash != request_hash:
+        ctl.metrics.lease_requests.labels(result="idempotency_mismatch").inc()
+        raise ApiError(422, "idempotency_mismatch", "this Idempotency-Key was used with another body")
+    ctl.metrics.lease_requests.labels(result="replay").inc()
+    return Response(existing.first_response, status_code=200, media_type="application/json")
+
+
+async def _new_lease(ctl: Controller, cfg: ApiConfig, req: LeaseCreate, key: str, request_hash: str) -> Response:
+    """The warm path inline (a Ready pod with a free slot, checked by the insert itself), else pending.
+    The first response is stored with the row, so a replay returns it byte for byte."""
+    now = ctl.clock()
+    row = LeaseRow(
+        id="l_" + secrets.token_hex(8), session_id=req.session_id, voice_id=req.voice_id, language=req.language,
+        state=LeaseState.PENDING.value, idempotency_key=key, request_hash=request_hash, created_at=now,
+        expires_at=now + cfg.lease_ttl_s,
+    )
+    per_pod = ctl.policy.sessions_per_pod
+    for pod, used in await ctl.store.warm_candidates(per_pod):
+        warm = row.model_copy(update={
+            "pod_id": pod.id, "slot": next(s for s in range(per_pod) if s not in used),
+            "path": ClaimPath.WARM.value, "state": LeaseState.READY.value, "ready_at": now,
+        })
+        body = lease_body(warm, pod, None)
+        warm.first_response = json.dumps(body)
+        try:
+            if await ctl.store.insert_lease(warm, require_ready_pod=True):
+                ctl.metrics.lease_requests.labels(result="warm").inc()
+                ctl.metrics.lease_wait.labels(path=ClaimPath.WARM.value).observe(ctl.clock() - now)
+                return JSONResponse(body, status_code=201)
+        except SlotTaken:
+            continue  # another request took that slot a moment ago: try the next pod
+    queued = await ctl.store.queue_length()
+    if queued >= cfg.queue_limit:
+        ctl.metrics.lease_requests.labels(result="queue_full").inc()
+        raise ApiError(503, "queue_full", "too many leases are waiting for a pod; retry later")
+    body = lease_body(row, None, queued + 1)
+    row.first_response = json.dumps(body)
+    await ctl.store.insert_lease(row)
+    ctl.metrics.lease_requests.labels(result="pending").inc()
+    ctl.wake()
+    return JSONResponse(body, status_code=201)
+
+
+@leases.get("/{lease_id}")
+async def get_lease(
+    lease_id: str, ctl: Ctl, _: Companion, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0
+) -> dict[str, Any]:
+    lease, pod = await _lease_or_404(ctl, lease_id)
+    deadline = asyncio.get_running_loop().time() + wait
+    while lease.state == LeaseState.PENDING.value:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        async with ctl.lease_changed:
+            try:
+                await asyncio.wait_for(ctl.lease_changed.wait(), min(remaining, 1.0))
+            except TimeoutError:
+                pass
+        lease, pod = await _lease_or_404(ctl, lease_id)
+    return await render_lease(ctl, lease, pod)
+
+
+@leases.post("/{lease_id}/heartbeat")
+async def heartbeat(lease_id: str, request: Request, ctl: Ctl, _: Companion) -> dict[str, Any]:
+    cfg: ApiConfig = request.app.state.api_config
+    now = ctl.clock()
+    lease, pod = await ctl.store.heartbeat(lease_id, now + cfg.lease_ttl_s, now)
+    if lease is None:
+        raise ApiError(404, "not_found", f"no lease {lease_id}")
+    if lease.state not in ACTIVE_LEASE_STATES or lease.expires_at <= now:
+        raise ApiError(409, "lease_ended", f"lease {lease_id} is {lease.state}" + (
+            f": {lease.reason}" if lease.reason else ""))
+    return await render_lease(ctl, lease, pod)
+
+
+@leases.delete("/{lease_id}")
+async def release(
+    lease_id: str, ctl: Ctl, _: Companion, pod_failed: Annotated[bool, Query()] = False
+) -> dict[str, Any]:
+    """Release a lease (idempotent). ``?pod_failed=true``: the client could not reach the pod; it is taken
+    out of the warm pool until a health probe says otherwise, so the next lease does not land on it."""
+    now = ctl.clock()
+    reason = "released by the client" + (": pod unreachable" if pod_failed else "")
+    lease = await ctl.store.end_lease(lease_id, LeaseState.RELEASED, reason, now)
+    if lease is None:
+        raise ApiError(404, "not_found", f"no lease {lease_id}")
+    if pod_failed and lease.pod_id:
+        await ctl.store.mark_unhealthy(lease.pod_id, now)
+        await ctl.store.add_events([(now, f"pod/{lease.pod_id}", "ReportedUnreachable", f"by lease {lease_id}")])
+        ctl.wake()
+    elif await ctl.store.queue_length():
+        ctl.wake()  # a freed slot can serve a waiting lease now; otherwise the idle clock needs no hurry
+    async with ctl.lease_changed:
+        ctl.lease_changed.notify_all()
+    return await render_lease(ctl, lease)
+
+
+@leases.get("")
+async def list_leases(
+    ctl: Ctl, _: Admin, state: Annotated[LeaseState | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    rows = await ctl.store.list_leases(state.value if state else None, limit)
+    return {"leases": [await render_lease(ctl, row) for row in rows]}
+
+
+async def _lease_or_404(ctl: Controller, lease_id: str) -> tuple[LeaseRow, PodRow | None]:
+    lease, pod = await ctl.store.lease_with_pod(lease_id)
+    if lease is None:
+        raise ApiError(404, "not_found", f"no lease {lease_id}")
+    return lease, pod
+
+

@@ -363,24 +363,25 @@ class Store:
         return result.rowcount == 1
 
     async def warm_candidates(self, sessions_per_pod: int, limit: int = 8) -> list[tuple[PodRow, list[int]]]:
-        """Ready pods with a free slot, busiest first (bin-packing), with the slots in use on each. The
-        database counts: the API's hot path never loads the active leases."""
+        """Ready pods with a free slot, busiest first (bin-packing), with the slots in use on each: one query,
+        counted by the database, so the API's hot path never loads the active leases."""
+        columns = list(PodRow.model_fields)
         async with self.reading() as s:
             rows = (
                 await s.exec(
                     text(
-                        "SELECT p.id, group_concat(l.slot) FROM pods p LEFT JOIN leases l ON l.pod_id = p.id "
-                        "AND l.state IN ('pending', 'ready') WHERE p.phase = 'ready' AND NOT p.cordoned "
-                        "AND p.unhealthy_since IS NULL GROUP BY p.id HAVING COUNT(l.id) < :n "
-                        "ORDER BY COUNT(l.id) DESC, p.created_at LIMIT :limit"
+                        f"SELECT {', '.join('p.' + c for c in columns)}, group_concat(l.slot) FROM pods p "
+                        "LEFT JOIN leases l ON l.pod_id = p.id AND l.state IN ('pending', 'ready') "
+                        "WHERE p.phase = 'ready' AND NOT p.cordoned AND p.unhealthy_since IS NULL GROUP BY p.id "
+                        "HAVING COUNT(l.id) < :n ORDER BY COUNT(l.id) DESC, p.created_at LIMIT :limit"
                     ).bindparams(n=sessions_per_pod, limit=limit)
                 )
             ).all()
-            if not rows:
-                return []
-            query = select(PodRow).where(col(PodRow.id).in_([r[0] for r in rows]))
-            pods = {p.id: p for p in (await s.exec(query)).all()}
-        return [(pods[pod_id], [int(x) for x in used.split(",")] if used else []) for pod_id, used in rows]
+        found = []
+        for row in rows:
+            pod = PodRow(**dict(zip(columns, row[:-1], strict=True)))
+            found.append((pod, [int(x) for x in row[-1].split(",")] if row[-1] else []))
+        return found
 
     async def grant_lease(self, lease_id: str, now: float) -> bool:
         async with self.session() as s:

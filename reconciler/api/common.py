@@ -135,8 +135,8 @@ def lease_body(lease: LeaseRow, pod: PodRow | None, queue_position: int | None) 
 
 
 async def render_lease(ctl: Controller, lease: LeaseRow, pod: PodRow | None = None) -> dict[str, Any]:
-    if lease.pod_id and pod is None:
-        pod = await ctl.store.get_pod(lease.pod_id)
+    if lease.pod_id and pod is None and lease.state == LeaseState.READY.value:
+        pod = await ctl.store.get_pod(lease.pod_id)  # only a ready lease shows the pod's endpoints and token
     queue_position = None
     if lease.state == LeaseState.PENDING.value and lease.pod_id is None:
         queue_position = await ctl.store.queue_position(lease)

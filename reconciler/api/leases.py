@@ -47,12 +47,11 @@ async def create_lease(
     cfg: ApiConfig = request.app.state.api_config
     key = idempotency_key or req.session_id
     request_hash = hashlib.sha256(dumps(req.model_dump()).encode()).hexdigest()
-    existing = await ctl.store.lease_by_key(key)
-    if existing is None:
-        try:
-            return await _new_lease(ctl, cfg, req, key, request_hash)
-        except DuplicateKey:
-            existing = await ctl.store.lease_by_key(key)  # lost a race with the same key
+    try:
+        # New keys are the common case: insert straight away and let the unique index spot a replay.
+        return await _new_lease(ctl, cfg, req, key, request_hash)
+    except DuplicateKey:
+        existing = await ctl.store.lease_by_key(key)
     if existing.request_hash != request_hash:
         ctl.metrics.lease_requests.labels(result="idempotency_mismatch").inc()
         raise ApiError(422, "idempotency_mismatch", "this Idempotency-Key was used with another body")
@@ -86,6 +85,8 @@ async def _new_lease(ctl: Controller, cfg: ApiConfig, req: LeaseCreate, key: str
             continue  # another request took that slot a moment ago: try the next pod
     queued = await ctl.store.queue_length()
     if queued >= cfg.queue_limit:
+        if await ctl.store.lease_by_key(key):
+            raise DuplicateKey("a replay is answered even when the queue is full")
         ctl.metrics.lease_requests.labels(result="queue_full").inc()
         raise ApiError(503, "queue_full", "too many leases are waiting for a pod; retry later")
     body = lease_body(row, None, queued + 1)

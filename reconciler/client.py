@@ -26,6 +26,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,11 +117,18 @@ class LeaseApi:
         params = {"pod_failed": "true"} if pod_failed else {}
         return Lease.parse(await self._req("DELETE", f"/v1/leases/{lease_id}", params=params))
 
-    async def wait_ready(self, lease: Lease, timeout_s: float, heartbeat_every_s: float = 20.0) -> Lease:
-        """Long-poll until the lease leaves ``pending`` (heartbeating so it does not expire meanwhile)."""
-        deadline = time.monotonic() + timeout_s
-        last_beat = time.monotonic()
+    async def wait_ready(
+        self, lease: Lease, timeout_s: float, heartbeat_every_s: float = 20.0,
+        on_wait: Callable[[Lease, float], None] | None = None,
+    ) -> Lease:
+        """Long-poll until the lease leaves ``pending`` (heartbeating so it does not expire meanwhile);
+        ``on_wait(lease, seconds)`` is called after each poll that found it still pending."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        last_beat = started
         while lease.state == "pending":
+            if on_wait is not None and time.monotonic() > started:
+                on_wait(lease, time.monotonic() - started)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"lease {lease.id} still pending after {timeout_s:.0f}s")

@@ -62,15 +62,10 @@ async def round_trip(url: str, token: str, text: str, *, wait_timeout_s: float =
         lease = await api.create(f"demo-{os.getpid()}-{int(time.time())}")
         progress(f"lease {lease.id}: {lease.state}" + (
             f" (queue position {lease.queue_position})" if lease.queue_position else ""))
-        while lease.state == "pending":
-            if time.monotonic() - started > wait_timeout_s:
-                raise TimeoutError(f"no pod after {wait_timeout_s:.0f}s")
-            lease = await api.get(lease.id, wait_s=5.0)
-            if lease.state == "pending":
-                await api.heartbeat(lease.id)
-                progress(f"  waiting for a pod... {time.monotonic() - started:.0f}s")
-        if lease.state != "ready":
-            raise LeaseFailed(f"lease {lease.id} ended {lease.state}: {lease.reason}")
+        lease = await api.wait_ready(
+            lease, wait_timeout_s, heartbeat_every_s=5.0,
+            on_wait=lambda _, waited: progress(f"  waiting for a pod... {waited:.0f}s"),
+        )
         lease_wait = time.monotonic() - started
         progress(f"lease ready via {lease.path} after {lease_wait:.2f}s: pod {lease.pod_id}")
         spoken = await speak(lease.endpoints["tts"], lease.token, text)

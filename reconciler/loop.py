@@ -95,6 +95,10 @@ class Controller:
             pass
         await self._http.aclose()
 
+    def exclusive(self) -> asyncio.Lock:
+        """Held for a whole pass; admin overrides take it so they never act on a pod mid-pass."""
+        return self._lock
+
     def wake(self) -> None:
         """Run a pass now (or right after the current one)."""
         self._dirty = True

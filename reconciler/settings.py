@@ -33,27 +33,27 @@ class Settings(BaseSettings):
     provider_timeout_s: float = 30.0
     log_level: str = "INFO"
 
-    # policy defaults for a new database
-    standby_count: int = 1
-    idle_ttl_s: float = 300.0
-    stopped_ttl_s: float = 900.0
-    sessions_per_pod: int = 1
-    max_pods: int = 10
-    gpu_types: str = "NVIDIA GeForce RTX 4090,NVIDIA L4,NVIDIA A40"
-    budget_usd_per_hour: float = 20.0
+    # policy defaults for a new database (the values themselves live in domain.Policy)
+    standby_count: int = Policy.model_fields["standby_count"].default
+    idle_ttl_s: float = Policy.model_fields["idle_ttl_s"].default
+    stopped_ttl_s: float = Policy.model_fields["stopped_ttl_s"].default
+    sessions_per_pod: int = Policy.model_fields["sessions_per_pod"].default
+    max_pods: int = Policy.model_fields["max_pods"].default
+    gpu_types: str = ",".join(Policy.model_fields["gpu_types"].default_factory())
+    budget_usd_per_hour: float = Policy.model_fields["budget_usd_per_hour"].default
 
-    # loop mechanics (see domain.Tuning)
-    lease_ttl_s: float = 60.0
-    create_grace_s: float = 60.0
-    orphan_grace_s: float = 60.0
-    ready_timeout_s: float = 900.0
-    unhealthy_timeout_s: float = 60.0
-    stop_timeout_s: float = 120.0
-    resume_backoff_s: float = 120.0
-    out_of_stock_s: float = 180.0
-    pending_timeout_s: float = 900.0
-    max_provider_actions: int = 20
-    queue_limit: int = 1000
+    # loop mechanics (defaults from domain.Tuning)
+    lease_ttl_s: float = Tuning.model_fields["lease_ttl_s"].default
+    create_grace_s: float = Tuning.model_fields["create_grace_s"].default
+    orphan_grace_s: float = Tuning.model_fields["orphan_grace_s"].default
+    ready_timeout_s: float = Tuning.model_fields["ready_timeout_s"].default
+    unhealthy_timeout_s: float = Tuning.model_fields["unhealthy_timeout_s"].default
+    stop_timeout_s: float = Tuning.model_fields["stop_timeout_s"].default
+    resume_backoff_s: float = Tuning.model_fields["resume_backoff_s"].default
+    out_of_stock_s: float = Tuning.model_fields["out_of_stock_s"].default
+    pending_timeout_s: float = Tuning.model_fields["pending_timeout_s"].default
+    max_provider_actions: int = Tuning.model_fields["max_provider_actions"].default
+    queue_limit: int = Tuning.model_fields["queue_limit"].default
 
     # local mode: the emulator the daemon starts when there is no RunPod key
     local_runner: str = "process"

@@ -127,12 +127,17 @@ class Store:
 
     # -- policy and GPU types
     async def get_policy(self, default: Policy) -> Policy:
+        """The stored policy; a new database gets ``default`` written (the only case that needs the writer)."""
+        async with self.reading() as s:
+            row = await s.get(PolicyRow, 1)
+        if row is not None:
+            return Policy.model_validate_json(row.body)
         async with self.session() as s:
             row = await s.get(PolicyRow, 1)
             if row is None:
-                s.add(PolicyRow(id=1, body=default.model_dump_json()))
+                row = PolicyRow(id=1, body=default.model_dump_json())
+                s.add(row)
                 await s.commit()
-                return default
             return Policy.model_validate_json(row.body)
 
     async def set_policy(self, policy: Policy) -> None:

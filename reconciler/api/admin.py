@@ -21,13 +21,13 @@ admin = APIRouter(prefix="/v1", tags=["admin"])
 async def list_pods(ctl: Ctl, _: Admin, all: bool = False) -> dict[str, Any]:
     rows = await (ctl.store.all_pods() if all else ctl.store.live_pods())
     active = await ctl.store.active_leases()
-    return {"pods": [await render_pod(ctl, row, active) for row in rows]}
+    return {"pods": [render_pod(row, active) for row in rows]}
 
 
 @admin.get("/pods/{pod_id}")
 async def get_pod(pod_id: str, ctl: Ctl, _: Admin) -> dict[str, Any]:
     row = await _pod_or_404(ctl, pod_id)
-    return await render_pod(ctl, row, await ctl.store.leases_on([pod_id]))
+    return render_pod(row, await ctl.store.leases_on([pod_id]))
 
 
 @admin.post("/pods/{pod_id}/{op}")
@@ -57,11 +57,11 @@ async def pod_override(
             raise ApiError(502, "provider_error", f"RunPod: {type(e).__name__}: {e}") from None
     await ctl.store.add_events([(now, f"pod/{pod_id}", f"Admin{op.title()}", f"by admin (force={force})")])
     ctl.wake()
-    return await render_pod(ctl, await ctl.store.get_pod(pod_id), await ctl.store.leases_on([pod_id]))
+    return render_pod(await ctl.store.get_pod(pod_id), await ctl.store.leases_on([pod_id]))
 
 
 async def _override(ctl: Controller, row: PodRow, op: str, now: float, held: list[LeaseRow]) -> None:
-    async with ctl._lock:  # never act on a pod while a pass is acting on it
+    async with ctl.exclusive():
         for lease in held:
             await ctl.store.end_lease(lease.id, LeaseState.FAILED, f"pod {op} by admin", now)
         if op == "stop":

@@ -143,7 +143,7 @@ async def render_lease(ctl: Controller, lease: LeaseRow, pod: PodRow | None = No
     return lease_body(lease, pod, queue_position)
 
 
-async def render_pod(ctl: Controller, pod: PodRow, leases: list[LeaseRow]) -> dict[str, Any]:
+def render_pod(pod: PodRow, leases: list[LeaseRow]) -> dict[str, Any]:
     return {
         "id": pod.id,
         "name": f"harper-{pod.id}",

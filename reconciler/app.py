@@ -31,7 +31,7 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate, settings.database_url)
-        store = Store(settings.database_url)
+        store = await Store(settings.database_url).open()
         metrics = ControllerMetrics()
         own_provider = provider is None
         prov = provider or RunPodProvider(

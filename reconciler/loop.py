@@ -71,7 +71,9 @@ class Controller:
         self.last_pass_ok: float | None = None
         self.last_error: str = ""
         self._http = httpx.AsyncClient(timeout=health_timeout_s)
-        self._probe_limit = asyncio.Semaphore(64)
+        # Few probes at once: each costs the event loop ~1 ms, and a burst of them queues API requests behind.
+        self._probe_limit = asyncio.Semaphore(4)
+        self._healthy_seen: dict[tuple[str, str, int], float] = {}  # (runpod id, host, port) -> last 200
         self._lock = asyncio.Lock()
         self._dirty = False
         self._scheduler: AsyncIOScheduler | None = None
@@ -138,7 +140,8 @@ class Controller:
             self.last_error = f"listing RunPod failed: {type(e).__name__}: {e}"
             log.warning("%s", self.last_error)
             return []
-        probes = await asyncio.gather(*(self._probe(p) for p in listed))
+        suspect = {pod.runpod_id for pod in await self.store.live_pods() if pod.unhealthy_since is not None}
+        probes = await asyncio.gather(*(self._probe(p, cached=p.id not in suspect) for p in listed))
         observed = Observed({o.name: o for o in probes})
         now = self.clock()  # after observing: the decisions are about the state read next
         desired = await self._desired(now)
@@ -152,6 +155,8 @@ class Controller:
         for runpod_id in list(self.orphans_seen):
             if runpod_id not in listed_ids:
                 del self.orphans_seen[runpod_id]
+        for key in [k for k in self._healthy_seen if k[0] not in listed_ids]:
+            del self._healthy_seen[key]
         # plan() is pure CPU; in a thread the GIL still switches every few ms, so API requests keep flowing
         # while thousands of leases are planned.
         actions = await asyncio.to_thread(plan, desired, observed, now)
@@ -186,15 +191,27 @@ class Controller:
             except ProviderError as e:
                 log.warning("no price for %s: %s", gpu_type, e)
 
-    async def _probe(self, pod: ProviderPod) -> ObservedPod:
+    async def _probe(self, pod: ProviderPod, cached: bool = True) -> ObservedPod:
+        """``GET /health`` on a running pod. A pod found healthy is not asked again within one interval, so
+        the extra passes that lease events trigger do not re-probe every pod; a pod marked unhealthy (a
+        failed probe, or a client reporting it unreachable) is always asked (``cached=False``)."""
         healthy = False
         if pod.desired_status == "RUNNING" and pod.endpoint_host and pod.endpoint_port:
-            async with self._probe_limit:
-                try:
-                    response = await self._http.get(f"http://{pod.endpoint_host}:{pod.endpoint_port}/health")
-                    healthy = response.status_code == 200 and response.json().get("status") == "ok"
-                except (httpx.HTTPError, ValueError, AttributeError):
-                    healthy = False
+            key = (pod.id, pod.endpoint_host, pod.endpoint_port)
+            now = time.monotonic()
+            if cached and now - self._healthy_seen.get(key, -1e9) < self.interval_s:
+                healthy = True
+            else:
+                async with self._probe_limit:
+                    try:
+                        response = await self._http.get(f"http://{pod.endpoint_host}:{pod.endpoint_port}/health")
+                        healthy = response.status_code == 200 and response.json().get("status") == "ok"
+                    except (httpx.HTTPError, ValueError, AttributeError):
+                        healthy = False
+                if healthy:
+                    self._healthy_seen[key] = now
+                else:
+                    self._healthy_seen.pop(key, None)
         return ObservedPod(
             runpod_id=pod.id, name=pod.name, desired_status=pod.desired_status, gpu_type=pod.gpu_display_name,
             cost_per_hr=pod.cost_per_hr, endpoint_host=pod.endpoint_host, endpoint_port=pod.endpoint_port,

@@ -113,7 +113,7 @@ class Store:
         self._ended: Counter[str] = Counter()  # ended leases by state (the ``harper_leases`` gauge)
         self._policy: Policy | None = None
         self._gpu_types: dict[str, GpuTypeRow] = {}
-        self._beats: list[dict] = []
+        self._beats: dict[str, tuple[float, float]] = {}  # lease id -> (expires_at, now), not yet written
         self._beat_writer: asyncio.Task | None = None
         # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in its busy handler
         # (milliseconds at a time). So writes queue in-process on one connection instead, while reads use a
@@ -170,6 +170,10 @@ class Store:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.flush(), 10)
+        except TimeoutError:
+            log.error("closing with %d heartbeats not stored", len(self._beats))
         await self.engine.dispose()
         if self.reader is not self.engine:
             await self.reader.dispose()
@@ -469,21 +473,27 @@ class Store:
     async def heartbeat(self, lease_id: str, expires_at: float, now: float) -> tuple[LeaseRow | None, PodRow | None]:
         """Extend an active, unexpired lease; returns the lease (as it now is) and its pod.
 
-        Heartbeats are most of the API's writes, and SQLite commits one writer at a time, so they are group
-        committed: the first one in a quiet moment is written at once, those arriving meanwhile go together
-        in the next transaction."""
+        Heartbeats are most of the API's writes. The live view (which the loop expires leases by) takes the
+        new expiry at once; the database gets it from a background group commit, a few milliseconds later,
+        retried until it lands. So a heartbeat waits for no disk and no writer thread. What a crash in that
+        window loses is one extension: the lease keeps the expiry of its previous heartbeat, which the TTL
+        covers (clients beat every TTL/3), like a TTL renewal that a Consul leader failover resets."""
         lease = self._leases.get(lease_id)
         if lease is not None and lease.expires_at > now:  # else nothing to extend: answer as it is
-            done = asyncio.get_running_loop().create_future()
-            self._beats.append({"id": lease_id, "expires_at": expires_at, "now": now, "done": done})
+            self._keep_lease(lease.model_copy(update={"expires_at": expires_at}))
+            self._beats[lease_id] = (expires_at, now)  # a later beat of the same lease replaces this one
             if self._beat_writer is None or self._beat_writer.done():
                 self._beat_writer = asyncio.create_task(self._write_beats(), name="heartbeat-group-commit")
-            await done
         return await self.lease_with_pod(lease_id)
+
+    async def flush(self) -> None:
+        """Wait until every heartbeat taken so far is in the database."""
+        while self._beat_writer is not None and not self._beat_writer.done():
+            await asyncio.shield(self._beat_writer)
 
     async def _write_beats(self) -> None:
         while self._beats:
-            batch, self._beats = self._beats, []
+            batch, self._beats = self._beats, {}
             try:
                 async with self.session() as s:
                     await s.exec(
@@ -491,22 +501,19 @@ class Store:
                             "UPDATE leases SET expires_at = :expires_at WHERE id = :id "
                             "AND state IN ('pending', 'ready') AND expires_at > :now"
                         ),
-                        params=[{k: b[k] for k in ("id", "expires_at", "now")} for b in batch],
+                        params=[{"id": i, "expires_at": exp, "now": now} for i, (exp, now) in batch.items()],
                     )
                     await s.commit()
-                    for beat in batch:  # the UPDATE's own condition, on the view of the table
-                        row = self._leases.get(beat["id"])
-                        if row is not None and row.expires_at > beat["now"]:
-                            self._keep_lease(row.model_copy(update={"expires_at": beat["expires_at"]}))
+                    # A write that returned a lease row meanwhile (a grant, say) may have put the older expiry
+                    # back into the view: the committed one wins again.
+                    for lease_id, (exp, _) in batch.items():
+                        row = self._leases.get(lease_id)
+                        if row is not None and row.expires_at < exp:
+                            self._keep_lease(row.model_copy(update={"expires_at": exp}))
             except Exception as e:
-                for beat in batch:
-                    if not beat["done"].done():
-                        beat["done"].set_exception(StoreError("heartbeat could not be stored"))
-                log.error("heartbeat batch of %d failed: %s", len(batch), e)
-                continue
-            for beat in batch:
-                if not beat["done"].done():
-                    beat["done"].set_result(None)
+                log.error("storing %d heartbeats failed (retrying in 1 s): %s", len(batch), e)
+                self._beats = batch | self._beats
+                await asyncio.sleep(1.0)
 
     async def _commit(self, s: AsyncSession) -> None:
         try:

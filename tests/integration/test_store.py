@@ -51,6 +51,7 @@ async def view(store: Store) -> dict:
 
 
 async def assert_view_matches_the_database(store: Store) -> None:
+    await store.flush()  # heartbeats reach the database in the background
     fresh = await Store(store.url).open()
     try:
         assert await view(store) == await view(fresh)
@@ -70,7 +71,10 @@ async def test_every_write_keeps_the_view_equal_to_the_database(tmp_path):
         assert await store.insert_lease(lease("l2", pod_id="p2", slot=1, path="warm", state="ready"),
                                         require_ready_pod=True)
         await store.heartbeat("l2", 500.0, 103)
-        assert (await store.get_lease("l2")).expires_at == 500.0
+        assert (await store.get_lease("l2")).expires_at == 500.0  # at once in the view...
+        await store.flush()
+        with sqlite3.connect(tmp_path / "state.db") as conn:  # ...and in the file after the group commit
+            assert conn.execute("SELECT expires_at FROM leases WHERE id = 'l2'").fetchone() == (500.0,)
         assert not await store.begin_stop("p2", 104, make_standby=True)  # leased: refused in the statement
         await store.insert_lease(lease("l3"))
         await store.update_pod("p1", [("phase", PodPhase.STOPPED)])

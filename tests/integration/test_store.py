@@ -177,3 +177,16 @@ async def test_racing_writes_keep_the_view_equal_to_the_database(tmp_path, seed)
         assert total >= len(created) and sum((await store.lease_counts()).values()) == total
     finally:
         await store.close()
+
+
+async def test_close_stores_the_heartbeats_still_in_flight(tmp_path):
+    store = await opened(tmp_path)
+    await store.insert_lease(lease("l1"))
+    for i in range(50):
+        await store.heartbeat("l1", 200.0 + i, 101)
+    await store.close()  # no flush() first: close() must write what the view already promised
+    reopened = await Store(store.url).open()
+    try:
+        assert (await reopened.get_lease("l1")).expires_at == 249.0
+    finally:
+        await reopened.close()

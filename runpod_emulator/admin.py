@@ -11,6 +11,8 @@ otherwise the same key as GraphQL (``Authorization: Bearer`` or ``?api_key=``), 
     GET    /_admin/machines                  machines, their GPUs and who holds them
     POST   /_admin/machines/{id}/fill        other tenants take every free GPU there
     POST   /_admin/machines/{id}/free        other tenants give theirs back
+    POST   /_admin/pods/{id}/sick            its /health answers 503 (body {"sick": false} heals it);
+                                             simulated runner only (409 otherwise), 404 for an unknown pod
     POST   /_admin/reset                     pods, machines, faults and ledger back to the start
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ConfigDict
 
 from runpod_emulator.auth import admin_key_ok
 from runpod_emulator.emulator import Emulator
@@ -78,6 +81,24 @@ def machine_view(machine: Machine) -> dict[str, Any]:
 async def list_pods(emulator: EmulatorDep) -> list[dict[str, Any]]:
     await emulator.tick()
     return [pod_admin_view(p, emulator) for p in emulator.fleet.pods.values()]
+
+
+class Sickness(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sick: bool = True
+
+
+@router.post("/pods/{pod_id}/sick")
+async def make_sick(pod_id: str, emulator: EmulatorDep, body: Sickness | None = None) -> dict[str, Any]:
+    pod = emulator.fleet.pods.get(pod_id)
+    if pod is None:
+        raise HTTPException(status_code=404, detail=f"no pod {pod_id!r}")
+    set_sick = getattr(emulator.runner, "set_sick", None)
+    if set_sick is None:
+        raise HTTPException(status_code=409, detail=f"the {emulator.runner.kind} runner cannot fake a sick pod")
+    set_sick(pod_id, (body or Sickness()).sick)
+    return pod_admin_view(pod, emulator)
 
 
 @router.get("/bill")

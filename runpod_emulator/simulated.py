@@ -1,7 +1,9 @@
 """The simulated pod runner: each booted pod answers ``GET /health`` on its public port.
 
 The answer imitates gpu_server: 503 ``{"status": "loading"}`` until the load delay has passed since boot
-(read from the injected clock), then 200 with the server's shape. All pods share the emulator's event loop:
+(read from the injected clock), then 200 with the server's shape; a pod made sick (``set_sick``, the admin
+API's ``/pods/{id}/sick``) answers 503 ``{"status": "error"}`` while RunPod still reports it RUNNING, like
+a gpu_server that crashed inside its container. All pods share the emulator's event loop:
 one ``asyncio`` listener per pod and a minimal HTTP/1.1 responder (one request per connection), so hundreds
 of pods cost a few file descriptors each and no threads.
 """
@@ -24,6 +26,7 @@ READY_BODY = {
     "tts": {"engine": "simulated", "voice": "simulated"},
 }
 LOADING_BODY = {"status": "loading"}
+SICK_BODY = {"status": "error", "detail": "made sick through the emulator's admin API"}
 REQUEST_TIMEOUT_S = 5.0
 _REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
 
@@ -37,6 +40,7 @@ class SimulatedRunner:
         self._host = host
         self._servers: dict[str, asyncio.Server] = {}
         self._ready_at: dict[str, float] = {}
+        self._sick: set[str] = set()
         self._connections: set[asyncio.Task[None]] = set()
 
     def _ready(self, pod_id: str) -> bool:
@@ -70,6 +74,8 @@ class SimulatedRunner:
             if parts[:1] == ["GET"] and path == "/health":
                 ready = pod_id in self._ready_at and self._ready(pod_id)
                 status, body = (200, READY_BODY) if ready else (503, LOADING_BODY)
+                if pod_id in self._sick:
+                    status, body = 503, SICK_BODY
             else:
                 status, body = 404, {"detail": "Not Found"}
             payload = json.dumps(body).encode()
@@ -92,9 +98,14 @@ class SimulatedRunner:
         if server is not None:
             server.close()
 
+    def set_sick(self, pod_id: str, sick: bool) -> None:
+        """Make a pod's /health fail (or recover) from now on; it survives stops and resumes."""
+        (self._sick.add if sick else self._sick.discard)(pod_id)
+
     def describe(self, pod_id: str) -> dict[str, object]:
         serving = pod_id in self._servers
-        return {"serving": serving, "ready": serving and self._ready(pod_id)}
+        return {"serving": serving, "ready": serving and self._ready(pod_id) and pod_id not in self._sick,
+                "sick": pod_id in self._sick}
 
     async def aclose(self) -> None:
         for pod_id in list(self._servers):

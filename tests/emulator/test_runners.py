@@ -215,3 +215,21 @@ async def test_no_ports_means_nothing_served(runner: str, tmp_path: Path):
                     break
                 await asyncio.sleep(0.02)
             assert pod["runtime"] == {"ports": []}
+
+
+async def test_admin_can_make_a_simulated_pod_sick_and_heal_it():
+    async with EmulatorServer(make_settings(boot_seconds=0, load_seconds=0)) as server:
+        async with httpx.AsyncClient(base_url=server.url, headers=HEADERS) as client:
+            pod_id = await create(client)
+            port = await public_port(client, pod_id)
+            await wait_healthy(port)
+            sick = await client.post(f"/_admin/pods/{pod_id}/sick")
+            assert sick.status_code == 200 and sick.json()["ready"] is False and sick.json()["runner"]["sick"]
+            answer = await health(port)
+            assert answer is not None and answer.status_code == 503 and answer.json()["status"] == "error"
+            assert (await get_pod(client, pod_id))["desiredStatus"] == "RUNNING"  # RunPod sees nothing wrong
+            healed = await client.post(f"/_admin/pods/{pod_id}/sick", json={"sick": False})
+            assert healed.status_code == 200 and healed.json()["ready"] is True
+            assert (await wait_healthy(port)).json()["status"] == "ok"
+            assert (await client.post("/_admin/pods/nope/sick")).status_code == 404
+            assert (await client.post(f"/_admin/pods/{pod_id}/sick", json={"sick": "very"})).status_code == 422

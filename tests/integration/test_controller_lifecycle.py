@@ -147,3 +147,44 @@ async def test_heartbeat_expiry_frees_the_slot(make_controller, emu):
 async def _state(api: Api, lease_id: str, state: str) -> dict | None:
     body = (await api.get(f"/v1/leases/{lease_id}")).json()
     return body if body["state"] == state else None
+
+
+async def test_a_pod_reported_unreachable_gets_no_lease_until_its_probe_passes(make_controller, emu):
+    """``DELETE /v1/leases/{id}?pod_failed=true`` takes the pod out of the warm pool; passes reuse a recent
+    healthy probe, but never for a pod under suspicion, so it stays out while its /health fails (here the
+    emulator makes it sick) and comes back once it answers again. Passes are driven by hand."""
+    server = await make_controller(idle_ttl_s=600.0, reconcile_interval_s=30.0, standby_count=0)
+    api = Api(server.url)
+
+    async def ready(lease_id: str) -> dict | None:
+        await api.post("/v1/reconcile", ADMIN)
+        body = (await api.get(f"/v1/leases/{lease_id}")).json()
+        return body if body["state"] == "ready" else None
+
+    try:
+        first = (await api.lease("s1")).json()
+        granted = await until(lambda: ready(first["id"]), timeout=20)
+        pod_id = granted["pod_id"]
+        runpod_id = (await api.get(f"/v1/pods/{pod_id}", ADMIN)).json()["runpod_id"]
+        assert (await emu.http.post(f"/_admin/pods/{runpod_id}/sick")).status_code == 200
+        released = await api.http.delete(f"/v1/leases/{first['id']}", params={"pod_failed": "true"}, headers=api.h())
+        assert released.json()["state"] == "released"
+
+        assert (await api.post("/v1/reconcile", ADMIN)).json()["ok"]  # well within the probe-reuse interval
+        assert (await api.get(f"/v1/pods/{pod_id}", ADMIN)).json()["healthy"] is False
+        second = (await api.lease("s2")).json()
+        assert second["state"] == "pending"  # not warm on the sick pod
+        elsewhere = await until(lambda: ready(second["id"]), timeout=20)
+        assert elsewhere["pod_id"] != pod_id and elsewhere["path"] == "cold_create"
+
+        assert (await emu.http.post(f"/_admin/pods/{runpod_id}/sick", json={"sick": False})).status_code == 200
+
+        async def healthy_again() -> bool:
+            await api.post("/v1/reconcile", ADMIN)
+            return (await api.get(f"/v1/pods/{pod_id}", ADMIN)).json()["healthy"]
+
+        await until(healthy_again, timeout=20)
+        third = (await api.lease("s3")).json()
+        assert (third["state"], third["path"], third["pod_id"]) == ("ready", "warm", pod_id)
+    finally:
+        await api.aclose()

@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,7 @@ class Store:
         self._pods: dict[str, PodRow] = {}  # every pod but terminated ones
         self._leases: dict[str, LeaseRow] = {}  # active leases (pending, ready)
         self._records: dict[str, Lease] = {}  # the same leases as domain records, for the planner
+        self._queued: set[str] = set()  # pending leases on no pod yet (the queue)
         self._ended: Counter[str] = Counter()  # ended leases by state (the ``harper_leases`` gauge)
         self._policy: Policy | None = None
         self._gpu_types: dict[str, GpuTypeRow] = {}
@@ -138,7 +139,7 @@ class Store:
             policy = await s.get(PolicyRow, 1)
             gpu_types = (await s.exec(select(GpuTypeRow))).all()
         self._pods = {row.id: row for row in pods}
-        self._leases, self._records = {}, {}
+        self._leases, self._records, self._queued = {}, {}, set()
         for row in leases:
             self._keep_lease(row)
         self._ended = Counter({state: count for state, count in ended})
@@ -155,6 +156,10 @@ class Store:
         return row
 
     def _keep_lease(self, row: LeaseRow) -> LeaseRow:
+        if row.state == LeaseState.PENDING.value and row.pod_id is None:
+            self._queued.add(row.id)
+        else:
+            self._queued.discard(row.id)
         if row.state in _ACTIVE:
             self._leases[row.id] = row
             self._records[row.id] = _lease_record(row)
@@ -374,13 +379,11 @@ class Store:
     async def queue_position(self, lease: LeaseRow) -> int:
         """1-based place of a queued lease (oldest first)."""
         key = (lease.created_at, lease.id)
-        return sum(1 for row in self._queued() if (row.created_at, row.id) <= key)
+        records = self._records
+        return sum(1 for i in self._queued if (records[i].created_at, i) <= key)
 
     async def queue_length(self) -> int:
-        return sum(1 for _ in self._queued())
-
-    def _queued(self) -> Iterator[LeaseRow]:
-        return (row for row in self._leases.values() if row.pod_id is None and row.state == LeaseState.PENDING.value)
+        return len(self._queued)
 
     async def lease_counts(self) -> dict[str, int]:
         return dict(self._ended + Counter(row.state for row in self._leases.values()))
@@ -417,9 +420,9 @@ class Store:
     async def warm_candidates(self, sessions_per_pod: int, limit: int = 8) -> list[tuple[PodRow, list[int]]]:
         """Ready pods with a free slot, busiest first (bin-packing), with the slots in use on each."""
         used: dict[str, list[int]] = {}
-        for row in self._leases.values():
-            if row.pod_id is not None and row.slot is not None:
-                used.setdefault(row.pod_id, []).append(row.slot)
+        for lease in self._records.values():  # slotted records: cheaper to scan than the ORM rows
+            if lease.pod_id is not None and lease.slot is not None:
+                used.setdefault(lease.pod_id, []).append(lease.slot)
         pods = [
             pod for pod in self._pods.values()
             if pod.phase == PodPhase.READY.value and not pod.cordoned and pod.unhealthy_since is None

@@ -72,7 +72,8 @@ class Controller:
         self.last_error: str = ""
         self._http = httpx.AsyncClient(timeout=health_timeout_s)
         # Few probes at once: each costs the event loop ~1 ms, and a burst of them queues API requests behind.
-        self._probe_limit = asyncio.Semaphore(4)
+        # Not too few either: unreachable pods hold a slot for health_timeout_s each.
+        self._probe_limit = asyncio.Semaphore(8)
         self._healthy_seen: dict[tuple[str, str, int], float] = {}  # (runpod id, host, port) -> last 200
         self._lock = asyncio.Lock()
         self._dirty = False

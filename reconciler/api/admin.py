@@ -36,49 +36,50 @@ async def pod_override(
 ) -> dict[str, Any]:
     if op not in ("stop", "start", "terminate", "cordon", "uncordon"):
         raise ApiError(404, "not_found", f"no pod operation {op!r}")
-    row = await _pod_or_404(ctl, pod_id)
     now = ctl.clock()
-    held = await ctl.store.leases_on([pod_id])
-    phase = PodPhase(row.phase)
-    if op in ("cordon", "uncordon"):
-        await ctl.store.update_pod(pod_id, [("cordoned", op == "cordon")])
-    elif phase in (PodPhase.TERMINATED, PodPhase.FAILED) or row.runpod_id is None:
-        raise ApiError(409, "conflict", f"pod {pod_id} is {row.phase}")
-    elif op in ("stop", "terminate") and held and not force:
-        raise ApiError(409, "pod_leased", f"pod {pod_id} holds {len(held)} lease(s); add ?force=true")
-    else:
-        try:
-            await _override(ctl, row, op, now, held)
-        except HostGpuBusy as e:
-            raise ApiError(409, "host_gpu_busy", str(e)) from None
-        except NotFound as e:
-            raise ApiError(409, "not_found_at_runpod", str(e)) from None
-        except ProviderError as e:
-            raise ApiError(502, "provider_error", f"RunPod: {type(e).__name__}: {e}") from None
+    async with ctl.exclusive():  # never act on a pod mid-pass; check the pod as it is now
+        row = await _pod_or_404(ctl, pod_id)
+        held = await ctl.store.leases_on([pod_id])
+        if op in ("cordon", "uncordon"):
+            await ctl.store.update_pod(pod_id, [("cordoned", op == "cordon")])
+        elif row.phase in (PodPhase.TERMINATED, PodPhase.FAILED) or row.runpod_id is None:
+            raise ApiError(409, "conflict", f"pod {pod_id} is {row.phase}")
+        elif op == "start" and row.phase != PodPhase.STOPPED:
+            raise ApiError(409, "conflict", f"pod {pod_id} is {row.phase}, not stopped")
+        elif op in ("stop", "terminate") and held and not force:
+            raise ApiError(409, "pod_leased", f"pod {pod_id} holds {len(held)} lease(s); add ?force=true")
+        else:
+            try:
+                await _override(ctl, row, op, now, held)
+            except HostGpuBusy as e:
+                raise ApiError(409, "host_gpu_busy", str(e)) from None
+            except NotFound as e:
+                raise ApiError(409, "not_found_at_runpod", str(e)) from None
+            except ProviderError as e:
+                raise ApiError(502, "provider_error", f"RunPod: {type(e).__name__}: {e}") from None
     await ctl.store.add_events([(now, f"pod/{pod_id}", f"Admin{op.title()}", f"by admin (force={force})")])
     ctl.wake()
     return render_pod(await ctl.store.get_pod(pod_id), await ctl.store.leases_on([pod_id]))
 
 
 async def _override(ctl: Controller, row: PodRow, op: str, now: float, held: list[LeaseRow]) -> None:
-    async with ctl.exclusive():
-        for lease in held:
-            await ctl.store.end_lease(lease.id, LeaseState.FAILED, f"pod {op} by admin", now)
-        if op == "stop":
-            if row.phase != PodPhase.STOPPED.value:
-                await ctl.store.begin_stop(row.id, now, make_standby=True, force=True)
-                await ctl.provider.stop_pod(row.runpod_id)
-        elif op == "terminate":
-            await ctl.store.update_pod(row.id, [("phase", PodPhase.TERMINATING), ("phase_since", now),
-                                                ("reason", "terminated by admin")])
-            await ctl.provider.terminate_pod(row.runpod_id)
-        elif op == "start":
-            if row.phase != PodPhase.STOPPED.value:
-                raise ApiError(409, "conflict", f"pod {row.id} is {row.phase}, not stopped")
-            await ctl.provider.resume_pod(row.runpod_id)
-            # A pod an admin starts serves (and stops after the idle TTL) rather than being parked at once.
-            await ctl.store.update_pod(row.id, [("phase", PodPhase.STARTING), ("phase_since", now),
-                                                ("role", PodRole.SERVING), ("backoff_until", 0.0)])
+    """stop/terminate (failing the pod's leases: the caller checked ``force``) or start a stopped pod."""
+    if op == "start":
+        await ctl.provider.resume_pod(row.runpod_id)
+        # A pod an admin starts serves (and stops after the idle TTL) rather than being parked at once.
+        await ctl.store.update_pod(row.id, [("phase", PodPhase.STARTING), ("phase_since", now),
+                                            ("role", PodRole.SERVING), ("backoff_until", 0.0)])
+        return
+    for lease in held:
+        await ctl.store.end_lease(lease.id, LeaseState.FAILED, f"pod {op} by admin", now)
+    if op == "stop":
+        if row.phase != PodPhase.STOPPED:
+            await ctl.store.begin_stop(row.id, now, make_standby=True, force=True)
+            await ctl.provider.stop_pod(row.runpod_id)
+    else:
+        await ctl.store.update_pod(row.id, [("phase", PodPhase.TERMINATING), ("phase_since", now),
+                                            ("reason", "terminated by admin")])
+        await ctl.provider.terminate_pod(row.runpod_id)
 
 
 @admin.get("/policy")

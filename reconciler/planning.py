@@ -293,13 +293,15 @@ def _settle_leases(p: _Plan) -> list[Lease]:
                 queue.append(replace(lease, pod_id=None, slot=None, path=None))
             continue
         p.slots[lease.pod_id].add(lease.slot or 0)
+        if pod.role != PodRole.SERVING:  # e.g. granted warm on a standby in the moment before it was parked
+            p.set_pod(pod, replace(pod, role=PodRole.SERVING), "claimed for a lease")
         if lease.state == LeaseState.PENDING and pod.phase == P.READY and pod.unhealthy_since is None:
             p.emit(GrantLease(lease.id))
     return queue
 
 
 def warm_candidates(pods: list[Pod]) -> list[Pod]:
-    """Ready, healthy, uncordoned pods in the order the warm path should fill them (busiest first)."""
+    """Ready, healthy, uncordoned pods (kept in the caller's order: busiest first)."""
     return [
         pod
         for pod in pods

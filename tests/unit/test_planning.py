@@ -124,6 +124,15 @@ def test_warm_pod_with_free_slot_is_claimed_first():
     assert not of(actions, ResumePod) and not of(actions, CreatePod)
 
 
+def test_a_ready_standby_holding_a_lease_turns_serving_and_the_pool_is_refilled():
+    # the API granted a lease warm on a standby in the moment between Ready and parked
+    sb = pod("sb", role=PodRole.STANDBY)
+    actions = plan(desired([sb], [lease(state=LeaseState.READY, pod_id="sb")]), observed(seen(sb)), NOW)
+    assert any(dict(u.changes).get("role") == PodRole.SERVING for u in of(actions, UpdatePod))
+    assert not of(actions, StopPod)
+    assert of(actions, CreatePod) == [CreatePod(GPU, PodRole.STANDBY, None, "replenish the standby pool")]
+
+
 def test_standby_is_resumed_when_no_warm_pod_and_pool_is_replenished():
     sb = standby()
     actions = plan(desired([sb], [lease()]), observed(seen(sb, "EXITED")), NOW)

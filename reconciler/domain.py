@@ -45,11 +45,10 @@ POD_TRANSITIONS: dict[PodPhase, frozenset[PodPhase]] = {
     _P.TERMINATING: frozenset({_P.TERMINATED}),
     _P.TERMINATED: frozenset(),
     # A create reported as failed can still have happened (RunPod does that): the pod is adopted late.
-    _P.FAILED: frozenset({_P.STARTING, _P.READY, _P.STOPPED, _P.STOPPING, _P.TERMINATING}),
+    _P.FAILED: frozenset({_P.STARTING, _P.READY, _P.STOPPED, _P.STOPPING, _P.TERMINATING, _P.TERMINATED}),
 }
 # Phases in which the pod holds (or is about to hold) a GPU and bills for it.
 GPU_PHASES = frozenset({_P.CREATING, _P.STARTING, _P.READY, _P.STOPPING})
-LIVE_PHASES = frozenset(set(PodPhase) - {_P.TERMINATED, _P.FAILED})
 
 
 def check_pod_transition(old: PodPhase, new: PodPhase) -> None:

@@ -132,8 +132,13 @@ def sync_changes(pod: Pod, seen: ObservedPod | None, tuning: Tuning, now: float)
     P = PodPhase
     want: dict[str, object] = {}
     if seen is None:
-        if pod.phase in (P.FAILED, P.TERMINATED):
+        if pod.phase == P.TERMINATED:
             pass
+        elif pod.phase == P.FAILED:
+            # Late adoption (RunPod made it after all) shows up within the create grace; after that the record
+            # is closed, so failed creates do not pile up in every pass and in the store's live view.
+            if now - pod.phase_since >= tuning.create_grace_s:
+                want = {"phase": P.TERMINATED}
         elif pod.phase == P.CREATING:
             if pod.runpod_id is None and now - pod.phase_since >= tuning.create_grace_s:
                 want = {"phase": P.FAILED, "reason": "never appeared at RunPod"}

@@ -295,6 +295,10 @@ def test_creating_intent_never_seen_fails_after_grace():
     intent = pod("i", phase=PodPhase.CREATING, runpod_id=None, phase_since=NOW - 61)
     update = of(plan(desired([intent], create_grace_s=60), Observed(), NOW), UpdatePod)[0]
     assert dict(update.changes)["phase"] == PodPhase.FAILED
+    failed = replace(intent, phase=PodPhase.FAILED, phase_since=NOW - 30, reason="out of stock")
+    assert not of(plan(desired([failed], create_grace_s=60), Observed(), NOW), UpdatePod)  # may still be adopted
+    closed = of(plan(desired([replace(failed, phase_since=NOW - 61)], create_grace_s=60), Observed(), NOW), UpdatePod)
+    assert closed == [UpdatePod("i", (("phase", PodPhase.TERMINATED), ("phase_since", NOW)), "out of stock")]
 
 
 def test_unhealthy_ready_pod_is_replaced_after_timeout():

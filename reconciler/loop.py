@@ -111,10 +111,7 @@ class Controller:
                 job.modify(next_run_time=datetime.now(UTC))
 
     async def _scheduled_pass(self) -> None:
-        try:
-            await self.reconcile_once()
-        except Exception:
-            log.exception("reconcile pass failed")
+        await self.reconcile_once()  # a pass never raises (``_pass``); APScheduler would log it if it did
 
     # -- one pass
     async def reconcile_once(self) -> list:
@@ -133,14 +130,29 @@ class Controller:
             return actions
 
     async def _pass(self) -> list:
+        """One pass. A failed pass is counted (``harper_reconcile_total{result="error"}``) and kept for
+        ``/readyz`` and ``POST /v1/reconcile``; the next pass starts from observation again."""
         started = time.perf_counter()
         try:
-            listed = await self.provider.list_pods(POD_NAME_PREFIX)
-        except ProviderError as e:
-            self.metrics.reconcile.labels(result="error").inc()
-            self.last_error = f"listing RunPod failed: {type(e).__name__}: {e}"
-            log.warning("%s", self.last_error)
-            return []
+            now, actions = await self._observe_plan_act()
+        except ProviderError as e:  # listing RunPod; every other provider call handles its own errors
+            return self._failed(f"listing RunPod failed: {type(e).__name__}: {e}")
+        except Exception as e:
+            log.exception("reconcile pass failed")
+            return self._failed(f"{type(e).__name__}: {e}")
+        self.metrics.reconcile.labels(result="ok").inc()
+        self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+        self.last_pass_ok, self.last_error = now, ""
+        return actions
+
+    def _failed(self, error: str) -> list:
+        self.metrics.reconcile.labels(result="error").inc()
+        self.last_error = error
+        log.warning("reconcile pass failed: %s", error)
+        return []
+
+    async def _observe_plan_act(self) -> tuple[float, list]:
+        listed = await self.provider.list_pods(POD_NAME_PREFIX)
         suspect = {pod.runpod_id for pod in await self.store.live_pods() if pod.unhealthy_since is not None}
         probes = await asyncio.gather(*(self._probe(p, cached=p.id not in suspect) for p in listed))
         observed = Observed({o.name: o for o in probes})
@@ -169,10 +181,7 @@ class Controller:
                 self.lease_changed.notify_all()
         if outcome.wake_again:
             self._dirty = True
-        self.metrics.reconcile.labels(result="ok").inc()
-        self.metrics.reconcile_duration.observe(time.perf_counter() - started)
-        self.last_pass_ok, self.last_error = now, ""
-        return actions
+        return now, actions
 
     async def _desired(self, now: float) -> Desired:
         policy = self.policy = await self.store.get_policy(self.default_policy)

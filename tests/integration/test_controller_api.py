@@ -183,3 +183,21 @@ async def test_cost_and_metrics_follow_the_pods(stack):
                  "harper_capacity_errors_total", "harper_orphans_collected_total", "harper_build_info{"):
         assert name in metrics, name
     assert 'harper_lease_requests_total{result="pending"} 1.0' in metrics
+
+
+async def test_a_pass_that_fails_after_listing_is_counted_and_reported(stack, monkeypatch):
+    server, api, emu = stack
+    await until(lambda: standby_parked(api))
+
+    async def broken(actions, now):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(server.controller.actuator, "run", broken)  # a fault past the RunPod listing
+    failed = await api.post("/v1/reconcile", ADMIN)
+    assert failed.status_code == 200
+    assert failed.json() == {"ok": False, "error": "RuntimeError: disk on fire", "actions": []}
+    metrics = (await api.http.get("/metrics")).text
+    errors = [line for line in metrics.splitlines() if line.startswith('harper_reconcile_total{result="error"}')]
+    assert errors and float(errors[0].split()[1]) >= 1
+    monkeypatch.undo()
+    assert (await api.post("/v1/reconcile", ADMIN)).json()["ok"] is True

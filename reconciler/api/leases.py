@@ -9,7 +9,7 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from ..domain import ACTIVE_LEASE_STATES, ClaimPath, LeaseState
@@ -51,7 +51,16 @@ async def create_lease(
         # New keys are the common case: insert straight away and let the unique index spot a replay.
         return await _new_lease(ctl, cfg, req, key, request_hash)
     except DuplicateKey:
-        existing = await ctl.store.lease_by_key(key)
+        return _replay(ctl, await ctl.store.lease_by_key(key), request_hash)
+
+
+def _created(row: LeaseRow) -> Response:
+    """201 with exactly the bytes stored as the first response (which a replay sends again)."""
+    return Response(row.first_response, status_code=201, media_type="application/json")
+
+
+def _replay(ctl: Controller, existing: LeaseRow, request_hash: str) -> Response:
+    """The first response to this key, byte for byte; 422 if the key came with another body."""
     if existing.request_hash != request_hash:
         ctl.metrics.lease_requests.labels(result="idempotency_mismatch").inc()
         raise ApiError(422, "idempotency_mismatch", "this Idempotency-Key was used with another body")
@@ -80,13 +89,13 @@ async def _new_lease(ctl: Controller, cfg: ApiConfig, req: LeaseCreate, key: str
             if await ctl.store.insert_lease(warm, require_ready_pod=True):
                 ctl.metrics.lease_requests.labels(result="warm").inc()
                 ctl.metrics.lease_wait.labels(path=ClaimPath.WARM.value).observe(ctl.clock() - now)
-                return JSONResponse(body, status_code=201)
+                return _created(warm)
         except SlotTaken:
             continue  # another request took that slot a moment ago: try the next pod
     queued = await ctl.store.queue_length()
     if queued >= cfg.queue_limit:
-        if await ctl.store.lease_by_key(key):
-            raise DuplicateKey("a replay is answered even when the queue is full")
+        if existing := await ctl.store.lease_by_key(key):  # a replay is answered even when the queue is full
+            return _replay(ctl, existing, request_hash)
         ctl.metrics.lease_requests.labels(result="queue_full").inc()
         raise ApiError(503, "queue_full", "too many leases are waiting for a pod; retry later")
     body = lease_body(row, None, queued + 1)
@@ -94,7 +103,7 @@ async def _new_lease(ctl: Controller, cfg: ApiConfig, req: LeaseCreate, key: str
     await ctl.store.insert_lease(row)
     ctl.metrics.lease_requests.labels(result="pending").inc()
     ctl.wake()
-    return JSONResponse(body, status_code=201)
+    return _created(row)
 
 
 @leases.get("/{lease_id}")

@@ -4,7 +4,7 @@ import pytest
 
 from gpu_server.auth import verify_token
 
-from .harness import ADMIN, COMPANION, until
+from .harness import ADMIN, COMPANION, Api, until
 from .test_controller_lifecycle import standby_parked
 
 
@@ -201,3 +201,20 @@ async def test_a_pass_that_fails_after_listing_is_counted_and_reported(stack, mo
     assert errors and float(errors[0].split()[1]) >= 1
     monkeypatch.undo()
     assert (await api.post("/v1/reconcile", ADMIN)).json()["ok"] is True
+
+
+async def test_a_full_queue_refuses_new_leases_but_still_answers_replays(make_controller):
+    server = await make_controller(queue_limit=2)
+    api = Api(server.url)
+    try:
+        await api.http.patch("/v1/policy", json={"paused": True}, headers=api.h(ADMIN))
+        first = await api.lease("q1")
+        await api.lease("q2")
+        full = await api.lease("q3")
+        assert full.status_code == 503 and full.json()["error"]["code"] == "queue_full"
+        replay = await api.lease("q1")
+        assert replay.status_code == 200 and replay.content == first.content
+        other_body = await api.lease("q1", voice_id="v2")
+        assert other_body.status_code == 422 and other_body.json()["error"]["code"] == "idempotency_mismatch"
+    finally:
+        await api.aclose()

@@ -115,6 +115,7 @@ class Store:
         self._policy: Policy | None = None
         self._gpu_types: dict[str, GpuTypeRow] = {}
         self._beats: dict[str, tuple[float, float]] = {}  # lease id -> (expires_at, now), not yet written
+        self._writing: dict[str, tuple[float, float]] = {}  # the batch being written now
         self._beat_writer: asyncio.Task | None = None
         # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in its busy handler
         # (milliseconds at a time). So writes queue in-process on one connection instead, while reads use a
@@ -156,6 +157,9 @@ class Store:
         return row
 
     def _keep_lease(self, row: LeaseRow) -> LeaseRow:
+        beat = self._beats.get(row.id) or self._writing.get(row.id)
+        if beat is not None and beat[0] > row.expires_at:  # a row read back before its heartbeat is written
+            row = row.model_copy(update={"expires_at": beat[0]})
         if row.state == LeaseState.PENDING.value and row.pod_id is None:
             self._queued.add(row.id)
         else:
@@ -483,8 +487,8 @@ class Store:
         covers (clients beat every TTL/3), like a TTL renewal that a Consul leader failover resets."""
         lease = self._leases.get(lease_id)
         if lease is not None and lease.expires_at > now:  # else nothing to extend: answer as it is
-            self._keep_lease(lease.model_copy(update={"expires_at": expires_at}))
             self._beats[lease_id] = (expires_at, now)  # a later beat of the same lease replaces this one
+            self._keep_lease(lease)  # which takes the new expiry from the beat
             if self._beat_writer is None or self._beat_writer.done():
                 self._beat_writer = asyncio.create_task(self._write_beats(), name="heartbeat-group-commit")
         return await self.lease_with_pod(lease_id)
@@ -496,7 +500,8 @@ class Store:
 
     async def _write_beats(self) -> None:
         while self._beats:
-            batch, self._beats = self._beats, {}
+            batch = self._writing = self._beats
+            self._beats = {}
             try:
                 async with self.session() as s:
                     await s.exec(
@@ -507,16 +512,12 @@ class Store:
                         params=[{"id": i, "expires_at": exp, "now": now} for i, (exp, now) in batch.items()],
                     )
                     await s.commit()
-                    # A write that returned a lease row meanwhile (a grant, say) may have put the older expiry
-                    # back into the view: the committed one wins again.
-                    for lease_id, (exp, _) in batch.items():
-                        row = self._leases.get(lease_id)
-                        if row is not None and row.expires_at < exp:
-                            self._keep_lease(row.model_copy(update={"expires_at": exp}))
             except Exception as e:
                 log.error("storing %d heartbeats failed (retrying in 1 s): %s", len(batch), e)
                 self._beats = batch | self._beats
                 await asyncio.sleep(1.0)
+            finally:
+                self._writing = {}
 
     async def _commit(self, s: AsyncSession) -> None:
         try:

@@ -190,3 +190,19 @@ async def test_close_stores_the_heartbeats_still_in_flight(tmp_path):
         assert (await reopened.get_lease("l1")).expires_at == 249.0
     finally:
         await reopened.close()
+
+
+async def test_a_write_that_reads_a_lease_back_keeps_a_heartbeat_not_yet_written(tmp_path):
+    store = await opened(tmp_path)
+    try:
+        await store.add_pod(pod("p1"))
+        await store.insert_lease(lease("l1"))
+        assert await store.assign_lease("l1", "p1", 0, ClaimPath.COLD_CREATE, False, 101)
+        await store.heartbeat("l1", 500.0, 102)  # taken, its group commit not run yet
+        assert await store.grant_lease("l1", 103)  # RETURNING hands back the row as the database has it
+        assert (await store.get_lease("l1")).expires_at == 500.0
+        pods, leases = await store.planning_state()
+        assert leases[0].expires_at == 500.0 and leases[0].state == LeaseState.READY
+        await assert_view_matches_the_database(store)
+    finally:
+        await store.close()

@@ -54,7 +54,6 @@ class PodTemplate:
     cloud_type: str = "SECURE"
     volume_gb: int = 20
     container_disk_gb: int = 20
-    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -194,7 +193,7 @@ class Actuator:
         out.event(now, obj, "Creating", f"{action.gpu_type} as {action.role}: {action.reason}")
         if action.lease_id:
             out.leases_changed = True
-        env = dict(self.template.extra_env) | {"GPU_SERVER_SECRET": row.secret, "HARPER_POD_ID": pod_id}
+        env = {"GPU_SERVER_SECRET": row.secret, "HARPER_POD_ID": pod_id}
         spec = PodSpec(
             name=POD_NAME_PREFIX + pod_id, gpu_type=action.gpu_type,
             image=self.template.image, env=env, cloud_type=self.template.cloud_type,

@@ -51,7 +51,6 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
         app.state.api_config = api.ApiConfig(
             companion_token=settings.api_token.get_secret_value(),
             admin_token=settings.admin_token.get_secret_value(),
-            lease_ttl_s=settings.lease_ttl_s, queue_limit=settings.queue_limit,
         )
         await controller.start()
         # Everything built so far lives as long as the process: keep it out of the cyclic GC's full

@@ -127,7 +127,7 @@ class LeaseApi:
         deadline = started + timeout_s
         last_beat = started
         while lease.state == "pending":
-            if on_wait is not None and time.monotonic() > started:
+            if on_wait is not None:
                 on_wait(lease, time.monotonic() - started)
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -43,13 +43,6 @@ from .domain import GPU_SERVER_PORT
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-HOST_GPU_BUSY_TEXT = "There are not enough free GPUs on the host machine to start this pod."
-OUT_OF_STOCK_TEXT = (
-    "There are no longer any instances available with the requested specifications. "
-    "Please refresh and try again."
-)
-
-
 class ProviderError(Exception):
     """RunPod refused or failed a call. ``op`` names the operation."""
 

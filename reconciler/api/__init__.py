@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admin import admin
-from .common import ApiConfig, ApiError, BodyLimit, error_response, iso, ws_endpoints
+from .common import ApiConfig, ApiError, BodyLimit, error_response, first_error, iso, ws_endpoints
 from .leases import leases
 
 __all__ = ["ApiConfig", "install", "iso", "ws_endpoints"]
@@ -38,9 +38,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
-        err = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(x) for x in err.get("loc", ())) or "request"
-        return error_response(422, "invalid_request", f"{where}: {err.get('msg', 'invalid')}")
+        return error_response(422, "invalid_request", first_error(e, "request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpu_server.auth import issue_token
 
-from ..domain import LeaseState, PodPhase
+from ..domain import POD_NAME_PREFIX, LeaseState, PodPhase
 from ..loop import Controller
 from ..tables import LeaseRow, PodRow
 
-log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 MAX_WAIT_S = 60.0
 
@@ -35,8 +34,6 @@ class ApiError(Exception):
 class ApiConfig:
     companion_token: str
     admin_token: str
-    lease_ttl_s: float
-    queue_limit: int
 
 
 class LeaseCreate(BaseModel):
@@ -146,7 +143,7 @@ async def render_lease(ctl: Controller, lease: LeaseRow, pod: PodRow | None = No
 def render_pod(pod: PodRow, leases: list[LeaseRow]) -> dict[str, Any]:
     return {
         "id": pod.id,
-        "name": f"harper-{pod.id}",
+        "name": POD_NAME_PREFIX + pod.id,
         "runpod_id": pod.runpod_id,
         "role": pod.role,
         "state": pod.phase,
@@ -170,18 +167,18 @@ def render_pod(pod: PodRow, leases: list[LeaseRow]) -> dict[str, Any]:
 
 
 async def json_body(request: Request) -> Any:
+    """The request's JSON (``BodyLimit`` has already refused oversized bodies)."""
     raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
     try:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
 
 
-def first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(x) for x in err.get("loc", ())) or "body"
+def first_error(e: ValidationError | RequestValidationError, where_else: str = "body") -> str:
+    """``field: message`` of the first error pydantic (or FastAPI's request validation) found."""
+    err = e.errors()[0] if e.errors() else {}
+    where = ".".join(str(x) for x in err.get("loc", ())) or where_else
     return f"{where}: {err.get('msg', 'invalid')}"
 
 

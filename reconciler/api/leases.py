@@ -19,7 +19,6 @@ from ..tables import LeaseRow, PodRow
 from .common import (
     MAX_WAIT_S,
     Admin,
-    ApiConfig,
     ApiError,
     Companion,
     Ctl,
@@ -44,12 +43,11 @@ async def create_lease(
     except ValidationError as e:
         ctl.metrics.lease_requests.labels(result="invalid").inc()
         raise ApiError(422, "invalid_request", first_error(e)) from None
-    cfg: ApiConfig = request.app.state.api_config
     key = idempotency_key or req.session_id
     request_hash = hashlib.sha256(dumps(req.model_dump()).encode()).hexdigest()
     try:
         # New keys are the common case: insert straight away and let the unique index spot a replay.
-        return await _new_lease(ctl, cfg, req, key, request_hash)
+        return await _new_lease(ctl, req, key, request_hash)
     except DuplicateKey:
         return _replay(ctl, await ctl.store.lease_by_key(key), request_hash)
 
@@ -68,14 +66,14 @@ def _replay(ctl: Controller, existing: LeaseRow, request_hash: str) -> Response:
     return Response(existing.first_response, status_code=200, media_type="application/json")
 
 
-async def _new_lease(ctl: Controller, cfg: ApiConfig, req: LeaseCreate, key: str, request_hash: str) -> Response:
+async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: str) -> Response:
     """The warm path inline (a Ready pod with a free slot, checked by the insert itself), else pending.
     The first response is stored with the row, so a replay returns it byte for byte."""
     now = ctl.clock()
     row = LeaseRow(
         id="l_" + secrets.token_hex(8), session_id=req.session_id, voice_id=req.voice_id, language=req.language,
         state=LeaseState.PENDING.value, idempotency_key=key, request_hash=request_hash, created_at=now,
-        expires_at=now + cfg.lease_ttl_s,
+        expires_at=now + ctl.tuning.lease_ttl_s,
     )
     per_pod = ctl.policy.sessions_per_pod
     for pod, used in await ctl.store.warm_candidates(per_pod):
@@ -93,7 +91,7 @@ async def _new_lease(ctl: Controller, cfg: ApiConfig, req: LeaseCreate, key: str
         except SlotTaken:
             continue  # another request took that slot a moment ago: try the next pod
     queued = await ctl.store.queue_length()
-    if queued >= cfg.queue_limit:
+    if queued >= ctl.tuning.queue_limit:
         if existing := await ctl.store.lease_by_key(key):  # a replay is answered even when the queue is full
             return _replay(ctl, existing, request_hash)
         ctl.metrics.lease_requests.labels(result="queue_full").inc()
@@ -126,10 +124,9 @@ async def get_lease(
 
 
 @leases.post("/{lease_id}/heartbeat")
-async def heartbeat(lease_id: str, request: Request, ctl: Ctl, _: Companion) -> dict[str, Any]:
-    cfg: ApiConfig = request.app.state.api_config
+async def heartbeat(lease_id: str, ctl: Ctl, _: Companion) -> dict[str, Any]:
     now = ctl.clock()
-    lease, pod = await ctl.store.heartbeat(lease_id, now + cfg.lease_ttl_s, now)
+    lease, pod = await ctl.store.heartbeat(lease_id, now + ctl.tuning.lease_ttl_s, now)
     if lease is None:
         raise ApiError(404, "not_found", f"no lease {lease_id}")
     if lease.state not in ACTIVE_LEASE_STATES or lease.expires_at <= now:

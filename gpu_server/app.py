@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gpu_server.auth import REDACT_TOKENS
 from gpu_server.batcher import DecodeBatcher
 from gpu_server.engines import Engines, load_engines
 from gpu_server.gate import ModelGate
@@ -68,6 +69,9 @@ def create_app(settings: Settings, load: Callable[[Settings], Engines] = load_en
             tts_gate=ModelGate(settings.tts_concurrency),
         )
         app.state.server = state
+        for name in ("uvicorn.error", "uvicorn.access"):  # set up by uvicorn before the lifespan runs
+            if REDACT_TOKENS not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(REDACT_TOKENS)
         loader = asyncio.create_task(_load_models(state, load), name="load-models")
         try:
             yield

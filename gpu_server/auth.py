@@ -9,7 +9,7 @@ pod's own (injected by the controller as ``GPU_SERVER_SECRET`` when the pod is c
 pod is worthless on another.
 
 Errors: ``TokenError`` and its subclasses ``TokenMalformed``, ``TokenForged``, ``TokenExpired``. Messages
-never contain the token or the secret.
+never contain the token or the secret, and ``RedactTokens`` keeps ``?token=`` out of the server's logs.
 """
 
 from __future__ import annotations
@@ -18,11 +18,29 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import re
 from dataclasses import dataclass
 
 VERSION = "v1"
 # Accept tokens up to this many seconds past ``exp``: covers clock skew between controller and pod.
 CLOCK_SKEW_S = 5.0
+
+
+_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """Blank ``token=...`` in log lines (uvicorn logs every WebSocket's path with its query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = _TOKEN_IN_QUERY.sub(r"\1<redacted>", message), None
+        return True
+
+
+REDACT_TOKENS = RedactTokens()
 
 
 class TokenError(Exception):

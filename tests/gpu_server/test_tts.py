@@ -123,3 +123,16 @@ async def test_generated_audio_is_capped_per_request(start_server):
     assert [e.code for e in errors] == ["too_large"] and "2 s" in errors[0].message
     done = events[-1]
     assert not done.cancelled and 1500 <= done.audio_ms <= 2100
+
+
+def test_the_stream_rate_is_chatterbox_own_24000_and_the_setting_for_piper(engines):
+    class Native24k:  # what the session reads of a Chatterbox synthesizer
+        sample_rate = 24000
+
+    def session(synthesizer, rate):
+        return TtsSession(synthesizer=synthesizer, gate=ModelGate(1), settings=make_settings(tts_sample_rate=rate),
+                          metrics=SpeechMetrics(), emit=None, emit_frame=None)
+
+    assert session(Native24k(), 16000).sample_rate == 24000
+    assert engines.tts.sample_rate == 22050  # Piper
+    assert session(engines.tts, 16000).sample_rate == 16000 and session(engines.tts, 24000).sample_rate == 24000

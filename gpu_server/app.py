@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -39,8 +39,7 @@ class ServerState:
     engines: Engines | None = None
     stt_batcher: DecodeBatcher | None = None
     load_error: str | None = None
-    stt_streams: int = 0
-    tts_streams: int = 0
+    streams: dict[str, int] = field(default_factory=lambda: {"stt": 0, "tts": 0})  # open WebSocket streams
 
 
 async def _load_models(state: ServerState, load: Callable[[Settings], Engines]) -> None:
@@ -95,7 +94,7 @@ def create_app(settings: Settings, load: Callable[[Settings], Engines] = load_en
                 "status": "ok",
                 "stt": state.engines.stt.info(),
                 "tts": {**state.engines.tts.info(), "output_sample_rate": settings.tts_sample_rate},
-                "streams": {"stt": state.stt_streams, "tts": state.tts_streams},
+                "streams": dict(state.streams),
             }
         )
 

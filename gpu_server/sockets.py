@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, WebSocket
@@ -73,7 +73,9 @@ def _token(ws: WebSocket) -> str:
     return token
 
 
-async def _admit(ws: WebSocket, kind: str) -> ServerState | None:
+async def _admit(ws: WebSocket, kind: str) -> tuple[ServerState, Outbox] | None:
+    """Accept, then refuse (and close) unless the token is good, the models are loaded and a ``kind`` stream
+    is free."""
     state: ServerState = ws.app.state.server
     settings = state.settings
     await ws.accept()
@@ -87,15 +89,25 @@ async def _admit(ws: WebSocket, kind: str) -> ServerState | None:
         await outbox.message(protocol.Error(ErrorCode.LOADING, "models are still loading; retry when /health is 200"))
         await outbox.close(protocol.CLOSE_TRY_AGAIN_LATER, "loading")
         return None
-    if kind == "stt":
-        active, limit = state.stt_streams, settings.max_stt_streams
-    else:
-        active, limit = state.tts_streams, settings.max_tts_streams
-    if active >= limit:
+    active = state.streams[kind]
+    if active >= (settings.max_stt_streams if kind == "stt" else settings.max_tts_streams):
         await outbox.message(protocol.Error(ErrorCode.BUSY, f"this server already has {active} {kind} streams"))
         await outbox.close(protocol.CLOSE_TRY_AGAIN_LATER, "busy")
         return None
-    return state
+    return state, outbox
+
+
+@contextlib.contextmanager
+def _counted(state: ServerState, kind: str) -> Iterator[None]:
+    """One open ``kind`` stream, in the admission count and the ``harper_{kind}_streams_active`` gauge."""
+    gauge = state.metrics.stt_streams_active if kind == "stt" else state.metrics.tts_streams_active
+    state.streams[kind] += 1
+    gauge.inc()
+    try:
+        yield
+    finally:
+        state.streams[kind] -= 1
+        gauge.dec()
 
 
 async def _pump(
@@ -147,10 +159,11 @@ async def _serve(outbox: Outbox, reader: Awaitable[None], worker: asyncio.Task[N
 
 @router.websocket("/ws/stt")
 async def stt_socket(ws: WebSocket) -> None:
-    state = await _admit(ws, "stt")
-    if state is None or state.engines is None or state.stt_batcher is None:
+    admitted = await _admit(ws, "stt")
+    if admitted is None:
         return
-    outbox = Outbox(ws)
+    state, outbox = admitted  # admitted: the engines and the decode batcher are there
+    assert state.engines is not None and state.stt_batcher is not None
     stream = SttStream(
         transcriber=state.engines.stt,
         vad=state.engines.vad,
@@ -173,22 +186,18 @@ async def stt_socket(ws: WebSocket) -> None:
         await stream.audio(data)
         return False
 
-    state.stt_streams += 1
-    state.metrics.stt_streams_active.inc()
-    try:
+    with _counted(state, "stt"):
         reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
         await _serve(outbox, reader, stream.run_worker())
-    finally:
-        state.stt_streams -= 1
-        state.metrics.stt_streams_active.dec()
 
 
 @router.websocket("/ws/tts")
 async def tts_socket(ws: WebSocket) -> None:
-    state = await _admit(ws, "tts")
-    if state is None or state.engines is None:
+    admitted = await _admit(ws, "tts")
+    if admitted is None:
         return
-    outbox = Outbox(ws)
+    state, outbox = admitted
+    assert state.engines is not None
     session = TtsSession(
         synthesizer=state.engines.tts,
         gate=state.tts_gate,
@@ -209,11 +218,6 @@ async def tts_socket(ws: WebSocket) -> None:
     async def on_bytes(data: bytes) -> bool:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "/ws/tts takes JSON text messages only")
 
-    state.tts_streams += 1
-    state.metrics.tts_streams_active.inc()
-    try:
+    with _counted(state, "tts"):
         reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
         await _serve(outbox, reader, session.run_worker())
-    finally:
-        state.tts_streams -= 1
-        state.metrics.tts_streams_active.dec()

@@ -27,7 +27,6 @@ client that outruns the decoder is slowed down (its reads pause) instead of queu
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -46,8 +45,6 @@ from gpu_server.protocol import ErrorCode, ProtocolError
 from gpu_server.settings import Settings
 from gpu_server.transcript import agreed_prefix, is_hallucination
 from gpu_server.vad import SAMPLE_RATE, WINDOW, EndpointConfig, Endpointer, SileroVad, SpeechEnd, SpeechStart
-
-log = logging.getLogger(__name__)
 
 PREROLL_S = 0.3  # audio kept before the VAD onset: Silero fires a little after the first phoneme
 TAIL_S = 0.2  # audio kept after the last speech window: word endings are quiet
@@ -196,14 +193,6 @@ class SttStream:
         if self._worker is not None:
             await self._worker
         await self._emit(protocol.Done())
-
-    async def close(self) -> None:
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
 
     def run_worker(self) -> asyncio.Task[None]:
         self._worker = asyncio.create_task(self._work(), name="stt-decoder")

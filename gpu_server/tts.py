@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,8 +32,6 @@ from gpu_server.opus import OpusPacketizer
 from gpu_server.protocol import ErrorCode, ProtocolError
 from gpu_server.sentences import split_for_speech
 from gpu_server.settings import Settings
-
-log = logging.getLogger(__name__)
 
 _PAUSE_PUNCTUATION = (".", ",", "!", "?", ";", ":", "\u2026", "\u2014", "\u2013", '"', "'", ")")
 _SILENCE_LEVEL = 0.02  # below this a sample is silence, for trimming

@@ -14,7 +14,6 @@ above ``threshold`` is speech, below ``neg_threshold`` is silence, anything betw
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +40,6 @@ class SileroVad:
             providers=["CPUExecutionProvider"],
             sess_options=opts,
         )
-        self._lock = threading.Lock()
 
     def stream(self) -> VadStream:
         return VadStream(self)

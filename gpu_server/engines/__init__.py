@@ -40,7 +40,6 @@ class Transcription:
     text: str
     avg_logprob: float
     no_speech_prob: float
-    window_s: float  # how much audio (speech plus padding) the encoder saw
 
 
 class Transcriber(Protocol):

@@ -197,7 +197,6 @@ class WhisperTranscriber:
                     text=tok.decode(tokens).strip(),
                     avg_logprob=float(avg_logprob),
                     no_speech_prob=float(result.no_speech_prob),
-                    window_s=window_s,
                 )
             )
         return out

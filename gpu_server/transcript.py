@@ -13,6 +13,10 @@ import zlib
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 # British spellings Whisper and our TTS texts disagree on; WER should not count them.
 _SPELLING = {"colour": "color", "favourite": "favorite", "travelling": "traveling", "centre": "center"}
+# Whisper writes "2" where the text says "two".
+_SPELLING |= {word: str(n) for n, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
 
 # What Whisper says when it hears nothing: YouTube outros and subtitle credits from its training data.
 # Dropped only when the decoder itself is unsure (see ``is_hallucination``), so a clearly spoken

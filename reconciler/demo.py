@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -29,27 +28,11 @@ from .client import ControllerError, ControllerUnavailable, LeaseApi, LeaseFaile
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
 
 
-_NUMBERS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
-
-
-def _words(text: str) -> list[str]:
-    """Lower-case words with number words as digits: Whisper writes "2" where the text says "two"."""
-    return [_NUMBERS.get(w, w) for w in re.findall(r"[a-z0-9']+", text.lower())]
-
-
 def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = _words(reference), _words(hypothesis)
-    if not ref:
-        return 0.0 if not hyp else 1.0
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / len(ref)
+    """WER of one transcript, normalised as the gpu_server's tests and bench do (``gpu_server.transcript``)."""
+    from gpu_server import transcript  # not in the controller image, like the rest of the speech side
+
+    return transcript.word_error_rate([reference], [hypothesis])
 
 
 async def round_trip(url: str, token: str, text: str, *, wait_timeout_s: float = 600.0,

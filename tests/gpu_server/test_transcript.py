@@ -20,6 +20,11 @@ def test_normalisation_ignores_case_punctuation_and_british_spelling():
     assert normalize_words("Hello, World! My favourite colour.") == ["hello", "world", "my", "favorite", "color"]
 
 
+def test_number_words_and_digits_are_the_same_word():
+    assert normalize_words("Two cats, 3 dogs") == ["2", "cats", "3", "dogs"]
+    assert word_errors("I have two cats", "I have 2 cats.") == (0, 4)
+
+
 def test_word_errors_count_substitutions_insertions_deletions():
     assert word_errors("the cat sat", "the cat sat") == (0, 3)
     assert word_errors("the cat sat", "the bat sat down") == (2, 3)

@@ -14,7 +14,6 @@ A request whose caller was cancelled (client gone) is dropped if it has not star
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 from typing import Self
@@ -63,7 +62,7 @@ class DecodeBatcher:
         if not self._tasks or all(t.done() for t in self._tasks):
             raise RuntimeError("the decode batcher is not running")
         future: asyncio.Future[Transcription] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._pending, (priority, next(self._order), request, future))
+        self._pending.append((priority, next(self._order), request, future))  # _take sorts
         self._ready.set()
         return await future
 
@@ -77,7 +76,6 @@ class DecodeBatcher:
             else:
                 rest.append(item)
         self._pending = rest
-        heapq.heapify(self._pending)
         if not self._pending:
             self._ready.clear()
         return batch

@@ -171,7 +171,7 @@ TTS_CLIENT: dict[str, type[Message]] = {m.type: m for m in (Speak, Cancel)}
 TTS_SERVER: dict[str, type[Message]] = {m.type: m for m in (TtsStart, TtsDone, Error)}
 
 # Fields whose value is left out of the JSON when None (DESIGN.md marks them optional with "?").
-_OPTIONAL = frozenset({"words", "voice_id", "endpoint_ms"})
+_OPTIONAL = frozenset({"words", "voice_id", "endpoint_ms", "id"})  # "id": a cancel of everything
 
 
 def encode(message: Message) -> str:
@@ -181,8 +181,6 @@ def encode(message: Message) -> str:
         if value is None and field.name in _OPTIONAL:
             continue
         body[field.name] = value
-    if isinstance(message, Cancel) and message.id is None:
-        body.pop("id")
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -232,9 +232,6 @@ class Fleet:
             raise PodNotFound(pod_id)
         return pod
 
-    def free_gpus(self, gpu_type_id: str) -> int:
-        return sum(m.free for m in self.machines.values() if m.gpu_type.id == gpu_type_id)
-
     def machine(self, machine_id: str) -> Machine:
         try:
             return self.machines[machine_id]

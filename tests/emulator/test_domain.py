@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -44,6 +45,17 @@ def test_every_state_event_pair_is_either_in_the_table_or_illegal():
         assert (PodState.EXITED, event) not in TRANSITIONS
     with pytest.raises(IllegalTransition):
         pod.apply(PodEvent.BOOT)
+    for state, event in itertools.product(PodState, PodEvent):  # every pair: the table's move, or refused
+        pod.state = state
+        if (state, event) in TRANSITIONS:
+            pod.apply(event)
+            assert pod.state == TRANSITIONS[(state, event)]
+        else:
+            with pytest.raises(IllegalTransition):
+                pod.apply(event)
+            assert pod.state == state
+    assert TRANSITIONS[(PodState.EXITED, PodEvent.RESUME)] == PodState.STARTING  # the table itself, spot-checked
+    assert not any(state == PodState.TERMINATED for state, _ in TRANSITIONS)  # terminated is final
 
 
 def test_placement_fills_a_type_then_refuses():

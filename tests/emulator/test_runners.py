@@ -215,6 +215,10 @@ async def test_no_ports_means_nothing_served(runner: str, tmp_path: Path):
                     break
                 await asyncio.sleep(0.02)
             assert pod["runtime"] == {"ports": []}
+            view = next(p for p in (await client.get("/_admin/pods", headers=HEADERS)).json() if p["id"] == pod_id)
+            assert view["endpoint"] is None and view["public_ports"] == {}
+            if runner == "simulated":
+                assert view["serving"] is False  # no listener was opened
 
 
 async def test_admin_can_make_a_simulated_pod_sick_and_heal_it():

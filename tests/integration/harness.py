@@ -129,8 +129,5 @@ class EmulatorAdmin:
     async def machines(self) -> list[dict]:
         return (await self.http.get("/_admin/machines")).json()
 
-    async def bill(self) -> dict:
-        return (await self.http.get("/_admin/bill")).json()
-
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -32,10 +32,14 @@ def spec(name: str, gpu: str = GPU_A) -> PodSpec:
     return PodSpec(name=name, gpu_type=gpu, image="harper/gpu-server:test", env={"GPU_SERVER_SECRET": "s3cret"})
 
 
-async def test_every_operation_round_trips(provider, emu):
+async def test_every_operation_round_trips(provider, emu, caplog):
+    caplog.set_level("DEBUG")
     assert await provider.gpu_price(GPU_A) == pytest.approx(0.69)
     created = await provider.create_pod(spec("harper-op1"))
     assert created.name == "harper-op1" and created.desired_status == "RUNNING"
+    query = {"query": f'query {{ pod(input: {{podId: "{created.id}"}}) {{ env }} }}'}
+    pod_env = (await emu.http.post("/graphql", json=query)).json()["data"]["pod"]["env"]
+    assert "GPU_SERVER_SECRET=s3cret" in pod_env  # the env reached RunPod...
     pod = await provider.get_pod(created.id)
     assert pod.cost_per_hr == pytest.approx(0.69) and pod.machine_id
     booted = await until(lambda: _with_endpoint(provider, created.id))
@@ -56,6 +60,8 @@ async def test_every_operation_round_trips(provider, emu):
     env = (await emu.pods())[0]
     assert "s3cret" not in str(provider.calls) and "s3cret" not in repr(provider)
     assert env["name"] == "harper-op1"
+    assert caplog.records and "s3cret" not in caplog.text  # ...and no log line carries it
+    assert EMULATOR_KEY not in caplog.text  # nor the API key (the SDK puts it in the URL it requests)
 
 
 async def _with_endpoint(provider, pod_id):

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from reconciler.domain import (
     Tuning,
 )
 from reconciler.planning import plan
+from runpod_emulator.runner import allocate_port
 
 GPU = "NVIDIA GeForce RTX 4090"
 
@@ -103,18 +103,12 @@ def bench_plan(sizes: list[int], repeats: int) -> None:
 # ------------------------------------------------------------------------------------------ lease API
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Stack:
     """Emulator and controller as separate processes, like a deployment."""
 
     def __init__(self, workdir: Path, sessions_per_pod: int) -> None:
         self.workdir = workdir
-        self.emu_port, self.port = free_port(), free_port()
+        self.emu_port, self.port = allocate_port("127.0.0.1"), allocate_port("127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
         self.companion = {"Authorization": "Bearer bench-companion"}
         self.admin = {"Authorization": "Bearer bench-admin"}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu_server import client
 from gpu_server.auth import issue_token
 from gpu_server.transcript import word_error_rate
+from runpod_emulator.runner import allocate_port
 
 SECRET = "bench-secret"
 LEAD_S, TRAIL_S = 0.5, 1.2
@@ -92,9 +92,7 @@ class Server:
 
 
 def start_server() -> Server:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = allocate_port("127.0.0.1")
     env = {**os.environ, "GPU_SERVER_SECRET": SECRET, "GPU_SERVER_HOST": "127.0.0.1", "GPU_SERVER_LOG_LEVEL": "warning"}
     process = subprocess.Popen(
         [sys.executable, "-m", "gpu_server", "serve", "--port", str(port)],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -14,18 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runpod_emulator.runner import allocate_port
+
 COMPANION, ADMIN = "e2e-companion", "e2e-admin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalStack:
     def __init__(self, workdir: Path, **env: str) -> None:
-        self.port = free_port()
+        self.port = allocate_port("127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         self.log = workdir / "controller.log"

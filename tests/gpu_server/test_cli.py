@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import httpx
 from websockets.sync.client import connect
 
 from gpu_server.auth import issue_token, verify_token
+from runpod_emulator.runner import allocate_port
 
 from .conftest import SECRET
 
@@ -48,9 +48,7 @@ def test_help_everywhere():
 
 
 def test_serve_runs_the_server_until_stopped():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = allocate_port("127.0.0.1")
     env = {**os.environ, "GPU_SERVER_HOST": "127.0.0.1", "GPU_SERVER_SECRET": SECRET, "GPU_SERVER_CPU_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "gpu_server", "serve", "--port", str(port), "--log-level", "info"],

@@ -18,6 +18,7 @@ import sys
 import httpx
 import pytest
 
+from runpod_emulator.runner import allocate_port
 from runpod_emulator.server import EmulatorServer
 from runpod_emulator.settings import EmulatorSettings
 
@@ -87,7 +88,7 @@ async def test_sigkill_at_random_moments_loses_no_lease_and_leaks_no_pod(tmp_pat
     ))
     await emulator.start()
     db = tmp_path / "crash.db"
-    port = _free_port()
+    port = allocate_port("127.0.0.1")
     env = dict(os.environ) | {
         "HARPER_RUNPOD_API_KEY": EMULATOR_KEY, "HARPER_RUNPOD_API_URL": emulator.url,
         "HARPER_DATABASE_URL": f"sqlite+aiosqlite:///{db}", "HARPER_API_TOKEN": COMPANION,
@@ -171,11 +172,3 @@ async def _serving(http: httpx.AsyncClient) -> bool:
 def _rows(db, sql: str) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql).fetchall()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -12,7 +12,6 @@ import fnmatch
 import json
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pytest
+
+from runpod_emulator.runner import allocate_port
 
 from .repo import ROOT
 
@@ -230,9 +231,7 @@ def test_the_dockerignore_reading_excludes_directories_and_honours_negation() ->
 
 def test_controller_image_serves_healthz_and_metrics_with_simulated_pods(controller_app: Path, tmp_path: Path) -> None:
     """The README's dry run (local mode, simulated pods) from the staged image: what HEALTHCHECK probes."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = allocate_port("127.0.0.1")
     code = "import runpy; sys.argv = ['reconciler', *sys.argv[1:]]; runpy.run_module('reconciler', run_name='__main__')"
     prologue = PROLOGUE.format(purelib=sysconfig.get_paths()["purelib"], app=str(controller_app))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HARPER_LOCAL_RUNNER": "simulated",

@@ -234,8 +234,10 @@ class _Plan:
         return None
 
     def next_gpu_type(self) -> str | None:
+        """The first type in priority order that is in stock and has a known price (a create at an unknown
+        price could not be checked against the budget: that type waits until the loop has fetched it)."""
         for gpu_type in self.policy.gpu_types:
-            if self.d.unavailable_until.get(gpu_type, 0.0) <= self.now:
+            if self.d.unavailable_until.get(gpu_type, 0.0) <= self.now and gpu_type in self.d.prices:
                 return gpu_type
         return None
 
@@ -363,13 +365,13 @@ def _claim(p: _Plan, queue: list[Lease]) -> None:
             starting.append(resumed)
             continue
         gpu_type = p.next_gpu_type()
-        if gpu_type is not None and p.may_start(p.d.prices.get(gpu_type, 0.0), (count, spend)) is None:
+        if gpu_type is not None and p.may_start(p.d.prices[gpu_type], (count, spend)) is None:
             p.emit(CreatePod(gpu_type, PodRole.SERVING, lease.id, "cold create for a lease"))
-            count, spend = count + 1, spend + p.d.prices.get(gpu_type, 0.0)
+            count, spend = count + 1, spend + p.d.prices[gpu_type]
             coming += p.policy.sessions_per_pod - 1
             placeholder = Pod(
                 id=f"~{lease.id}", role=PodRole.SERVING, phase=P.CREATING, gpu_type=gpu_type,
-                created_at=p.now, phase_since=p.now, cost_per_hr=p.d.prices.get(gpu_type, 0.0),
+                created_at=p.now, phase_since=p.now, cost_per_hr=p.d.prices[gpu_type],
             )  # counts against max_pods and budget for the rest of this pass
             p.pods[placeholder.id] = placeholder
             continue
@@ -432,13 +434,13 @@ def _keep_standby(p: _Plan) -> None:
     missing = p.policy.standby_count - len(_standby_pool(p))
     for _ in range(max(0, missing)):
         gpu_type = p.next_gpu_type()
-        if gpu_type is None or p.may_start(p.d.prices.get(gpu_type, 0.0)) is not None:
+        if gpu_type is None or p.may_start(p.d.prices[gpu_type]) is not None:
             return
         if not p.emit(CreatePod(gpu_type, PodRole.STANDBY, None, "replenish the standby pool")):
             return
         p.pods[f"~standby{missing}"] = Pod(
             id=f"~standby{missing}", role=PodRole.STANDBY, phase=PodPhase.CREATING, gpu_type=gpu_type,
-            created_at=p.now, phase_since=p.now, cost_per_hr=p.d.prices.get(gpu_type, 0.0),
+            created_at=p.now, phase_since=p.now, cost_per_hr=p.d.prices[gpu_type],
         )
         missing -= 1
 

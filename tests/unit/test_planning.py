@@ -152,6 +152,13 @@ def test_out_of_stock_type_is_skipped_for_the_next():
     assert of(actions, CreatePod)[0].gpu_type == "NVIDIA L4"
 
 
+def test_a_type_without_a_known_price_is_not_created():
+    d = desired(policy=Policy(standby_count=1, gpu_types=["Unpriced GPU", GPU]))
+    assert of(plan(d, Observed(), NOW), CreatePod)[0].gpu_type == GPU  # never "Unpriced GPU" at $0/h
+    only_unpriced = desired(policy=Policy(standby_count=1, gpu_types=["Unpriced GPU"]), leases=[lease()])
+    assert not of(plan(only_unpriced, Observed(), NOW), CreatePod)
+
+
 def test_pod_in_resume_backoff_is_not_resumed():
     sb = standby(backoff_until=NOW + 30)
     actions = plan(desired([sb], [lease()], policy=Policy(standby_count=1)), observed(seen(sb, "EXITED")), NOW)

@@ -58,7 +58,7 @@ class Controller:
         self.provider = provider
         self.template = template
         self.default_policy = default_policy
-        self.policy = default_policy  # the stored policy as of the last pass or PATCH
+        self.usd_per_hour = {"gpu": 0.0, "storage": 0.0}  # the rates as of the last pass (``/v1/cost``)
         self.tuning = tuning
         self.metrics = metrics
         self.interval_s = interval_s
@@ -82,7 +82,7 @@ class Controller:
 
     # -- lifecycle
     async def start(self) -> None:
-        self.policy = await self.store.get_policy(self.default_policy)  # writes the defaults to a new database
+        await self.store.get_policy(self.default_policy)  # writes the defaults to a new database
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler.add_job(
             self._scheduled_pass, "interval", seconds=self.interval_s, id="reconcile", max_instances=1,
@@ -97,6 +97,11 @@ class Controller:
         async with self._lock:  # let a running pass finish its writes
             pass
         await self._http.aclose()
+
+    @property
+    def policy(self) -> Policy:
+        """The stored policy (the store keeps it in memory)."""
+        return self.store.policy or self.default_policy
 
     def exclusive(self) -> asyncio.Lock:
         """Held for a whole pass; admin overrides take it so they never act on a pod mid-pass."""
@@ -184,7 +189,7 @@ class Controller:
         return now, actions
 
     async def _desired(self, now: float) -> Desired:
-        policy = self.policy = await self.store.get_policy(self.default_policy)
+        policy = await self.store.get_policy(self.default_policy)
         await self._refresh_prices(policy)
         unavailable = {row.gpu_type: row.unavailable_until for row in await self.store.gpu_types()}
         pods, leases = await self.store.planning_state()
@@ -261,8 +266,9 @@ class Controller:
             spend[f"storage:{row.id}"] = (storage * dt / 3600.0, dt)
         for (role, phase, gpu_type), count in counts.items():
             self.metrics.pods.labels(role=role, state=phase, gpu_type=gpu_type).set(count)
-        self.metrics.cost_per_hour.labels(kind="gpu").set(gpu_rate)
-        self.metrics.cost_per_hour.labels(kind="storage").set(storage_rate)
+        self.usd_per_hour = {"gpu": gpu_rate, "storage": storage_rate}
+        for kind, rate in self.usd_per_hour.items():
+            self.metrics.cost_per_hour.labels(kind=kind).set(rate)
         self.metrics.cost_total.labels(kind="gpu").inc(sum(v for k, (v, _) in spend.items() if k[0] == "g"))
         self.metrics.cost_total.labels(kind="storage").inc(sum(v for k, (v, _) in spend.items() if k[0] == "s"))
         self.metrics.standby_ready.set(standby_ready)

@@ -195,6 +195,11 @@ class Store:
         return AsyncSession(self.reader, expire_on_commit=False)
 
     # -- policy and GPU types
+    @property
+    def policy(self) -> Policy | None:
+        """The stored policy; None until a database has one (``get_policy`` writes the default)."""
+        return self._policy
+
     async def get_policy(self, default: Policy) -> Policy:
         """The stored policy; a new database gets ``default`` written."""
         if self._policy is None:

@@ -97,7 +97,6 @@ async def patch_policy(request: Request, ctl: Ctl, _: Admin) -> dict[str, Any]:
     except ValidationError as e:
         raise ApiError(422, "invalid_policy", first_error(e)) from None
     await ctl.store.set_policy(merged)
-    ctl.policy = merged
     await ctl.store.add_events([(ctl.clock(), "policy", "PolicyChanged", dumps(patch.model_dump(exclude_none=True)))])
     ctl.wake()
     return merged.model_dump()
@@ -128,8 +127,7 @@ async def cost(ctl: Ctl, _: Admin) -> dict[str, Any]:
         kind, _, pod_id = row.key.partition(":")
         by_pod.setdefault(pod_id, {"gpu": 0.0, "storage": 0.0})[kind] = round(row.usd, 6)
         totals[kind] = totals.get(kind, 0.0) + row.usd
-    m = ctl.metrics
-    per_hour = {kind: m.cost_per_hour.labels(kind=kind)._value.get() for kind in ("gpu", "storage")}
+    per_hour = ctl.usd_per_hour
     return {
         "usd_per_hour": {**{k: round(v, 6) for k, v in per_hour.items()}, "total": round(sum(per_hour.values()), 6)},
         "spent_usd": {**{k: round(v, 6) for k, v in totals.items()}, "total": round(sum(totals.values()), 6)},

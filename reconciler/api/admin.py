@@ -12,7 +12,17 @@ from ..loop import Controller
 from ..provider import HostGpuBusy, NotFound, ProviderError
 from ..store import dumps
 from ..tables import LeaseRow, PodRow
-from .common import Admin, ApiError, Ctl, PolicyPatch, first_error, iso, json_body, render_pod
+from .common import (
+    Admin,
+    ApiError,
+    Ctl,
+    PolicyPatch,
+    first_error,
+    iso,
+    json_body,
+    json_schema_body,
+    render_pod,
+)
 
 admin = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -87,7 +97,7 @@ async def get_policy(ctl: Ctl, _: Admin) -> dict[str, Any]:
     return (await ctl.store.get_policy(ctl.default_policy)).model_dump()
 
 
-@admin.patch("/policy")
+@admin.patch("/policy", openapi_extra=json_schema_body(PolicyPatch))
 async def patch_policy(request: Request, ctl: Ctl, _: Admin) -> dict[str, Any]:
     body = await json_body(request)
     try:

@@ -12,11 +12,11 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gpu_server.auth import issue_token
 
-from ..domain import POD_NAME_PREFIX, LeaseState, PodPhase
+from ..domain import POD_NAME_PREFIX, LeaseState, PodPhase, Policy
 from ..loop import Controller
 from ..tables import LeaseRow, PodRow
 
@@ -44,17 +44,16 @@ class LeaseCreate(BaseModel):
     language: str | None = Field(default=None, max_length=16)
 
 
-class PolicyPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# Every Policy field, optional: what PATCH /v1/policy takes (the merged policy is validated as a Policy).
+PolicyPatch = create_model(
+    "PolicyPatch", __config__=ConfigDict(extra="forbid"),
+    **{name: (field.annotation | None, None) for name, field in Policy.model_fields.items()},
+)
 
-    standby_count: int | None = None
-    idle_ttl_s: float | None = None
-    stopped_ttl_s: float | None = None
-    sessions_per_pod: int | None = None
-    max_pods: int | None = None
-    gpu_types: list[str] | None = None
-    budget_usd_per_hour: float | None = None
-    paused: bool | None = None
+
+def json_schema_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the handler reads itself (to answer bad JSON with our own error codes)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def iso(ts: float | None) -> str | None:

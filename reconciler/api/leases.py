@@ -25,6 +25,7 @@ from .common import (
     LeaseCreate,
     first_error,
     json_body,
+    json_schema_body,
     lease_body,
     render_lease,
 )
@@ -32,7 +33,7 @@ from .common import (
 leases = APIRouter(prefix="/v1/leases", tags=["leases"])
 
 
-@leases.post("", status_code=201)
+@leases.post("", status_code=201, openapi_extra=json_schema_body(LeaseCreate))
 async def create_lease(
     request: Request, ctl: Ctl, _: Companion,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,

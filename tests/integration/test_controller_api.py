@@ -218,3 +218,15 @@ async def test_a_full_queue_refuses_new_leases_but_still_answers_replays(make_co
         assert other_body.status_code == 422 and other_body.json()["error"]["code"] == "idempotency_mismatch"
     finally:
         await api.aclose()
+
+
+async def test_openapi_documents_the_bodies_the_handlers_read_themselves(stack):
+    server, api, emu = stack
+    spec = (await api.http.get("/openapi.json")).json()
+
+    def body(path: str, method: str) -> dict:
+        return spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+
+    assert body("/v1/leases", "post")["required"] == ["session_id"]
+    policy_fields = set(body("/v1/policy", "patch")["properties"])
+    assert policy_fields == set((await api.get("/v1/policy", ADMIN)).json())  # every policy field, no more

@@ -32,7 +32,9 @@ from runpod_emulator.settings import EmulatorSettings
 log = logging.getLogger("runpod_emulator")
 
 
-class _GuestServer(uvicorn.Server):
+class GuestServer(uvicorn.Server):
+    """uvicorn inside a program that owns the signals (tests, the controller's local mode)."""
+
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[override]
         yield  # signals belong to the host program
@@ -60,7 +62,7 @@ class EmulatorServer:
             # A request held by the ``timeout`` fault must not hold up shutdown.
             timeout_graceful_shutdown=1,
         )
-        self._server = _GuestServer(config)
+        self._server = GuestServer(config)
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self.port: int = 0

@@ -4,7 +4,6 @@ in the test's event loop, talking real HTTP (the controller through the official
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,17 +13,12 @@ import uvicorn
 
 from reconciler.app import create_app
 from reconciler.settings import Settings
+from runpod_emulator.server import GuestServer
 
 COMPANION = "companion-token-for-tests"
 ADMIN = "admin-token-for-tests"
 EMULATOR_KEY = "emulator-key-for-tests"
 GPU_A, GPU_B = "NVIDIA GeForce RTX 4090", "NVIDIA L4"
-
-
-class _Guest(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):  # the test runner owns signals
-        yield
 
 
 class ControllerServer:
@@ -33,7 +27,7 @@ class ControllerServer:
         self.app = create_app(settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
                                 log_config=None, access_log=False)
-        self._server = _Guest(config)
+        self._server = GuestServer(config)
         self._task: asyncio.Task | None = None
         self.url = ""
 

@@ -1,5 +1,5 @@
 """Async clients for `/ws/tts` and `/ws/stt`, for the controller's demo, the tests, the bench and a
-companion server. Imports only websockets, numpy and opuslib (through `gpu_server.opus`), never the engines.
+companion server. Imports only websockets, numpy and PyAV's libopus (through `gpu_server.opus`), never the engines.
 
 One-shot helpers:
 

@@ -28,7 +28,7 @@ from .repo import ROOT
 
 DOCKERFILES = [p for p in (ROOT / "Dockerfile.controller", ROOT / "Dockerfile.gpu") if p.exists()]
 # Third-party packages of the speech extras; the controller image must run without any of them.
-SPEECH_PACKAGES = {"numpy", "faster_whisper", "ctranslate2", "onnxruntime", "opuslib", "soxr", "av", "piper",
+SPEECH_PACKAGES = {"numpy", "faster_whisper", "ctranslate2", "onnxruntime", "soxr", "av", "piper",
                    "torch", "torchaudio", "chatterbox", "transformers"}
 
 

@@ -32,9 +32,11 @@ from .planning import (
     UpdatePod,
 )
 from .provider import (
+    BalanceTooLow,
+    CapacityError,
+    GpuTypeDenied,
     HostGpuBusy,
     NotFound,
-    OutOfStock,
     PodSpec,
     Provider,
     ProviderError,
@@ -44,6 +46,7 @@ from .tables import PodRow
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 300.0
+LOG_TAIL_LINES = 20  # read from a failed pod's log into its event
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Outcome:
     events: list[tuple[float, str, str, str]] = field(default_factory=list)
     leases_changed: bool = False
     wake_again: bool = False  # something failed that the next pass can route around at once
+    balance_low: str = ""  # RunPod refused for lack of funds: no create or resume will succeed for now
 
     def event(self, now: float, obj: str, reason: str, message: str) -> None:
         self.events.append((now, obj, reason, message))
@@ -151,16 +155,22 @@ class Actuator:
                     await self.provider.stop_pod(row.runpod_id)
                 except ProviderError as e:
                     await self._backoff(row, now, out, "StopFailed", e)
-            case TerminatePod(pod_id, reason):
+            case TerminatePod(pod_id, reason, logs):
                 row = await self.store.get_pod(pod_id)
                 if row is None:
                     return
                 if row.runpod_id is None:
                     await self.store.update_pod(pod_id, [("phase", PodPhase.FAILED), ("reason", reason)])
                     return
+                message = reason
+                if logs:  # before the terminate: the log goes with the pod
+                    tail = await self._log_tail(row.runpod_id)
+                    if tail:
+                        reason = f"{reason}: {tail[-1]}"
+                        message = f"{message}; last log lines: " + " | ".join(tail)
                 await self.store.update_pod(pod_id, [("phase", PodPhase.TERMINATING), ("phase_since", now),
-                                                     ("reason", reason)])
-                out.event(now, f"pod/{pod_id}", "Terminating", reason)
+                                                     ("reason", reason[:300])])
+                out.event(now, f"pod/{pod_id}", "PodFailed" if logs else "Terminating", message[:2000])
                 try:
                     await self.provider.terminate_pod(row.runpod_id)
                 except NotFound:
@@ -203,12 +213,15 @@ class Actuator:
             created = await self.provider.create_pod(spec)
         except ProviderError as e:
             await self.store.update_pod(pod_id, [("phase", PodPhase.FAILED), ("reason", str(e)[:300])])
-            if isinstance(e, OutOfStock):
+            if isinstance(e, CapacityError):
                 until = now + self.tuning.out_of_stock_s
                 await self.store.set_gpu_type(action.gpu_type, unavailable_until=until)
-                self.metrics.capacity_errors.labels(gpu_type=action.gpu_type, reason="out_of_stock").inc()
-                out.event(now, obj, "OutOfStock", f"{action.gpu_type} skipped for {self.tuning.out_of_stock_s:.0f}s")
+                kind = "denied" if isinstance(e, GpuTypeDenied) else "out_of_stock"
+                self.metrics.capacity_errors.labels(gpu_type=action.gpu_type, reason=kind).inc()
+                out.event(now, obj, "OutOfStock",
+                          f"{action.gpu_type} skipped for {self.tuning.out_of_stock_s:.0f}s: {e}")
             else:
+                self._note_balance(e, out)
                 out.event(now, obj, "CreateFailed", f"{type(e).__name__}: {e}")
             if action.lease_id and await self.store.requeue_lease(action.lease_id, f"create failed: {e}"):
                 out.leases_changed = True
@@ -237,6 +250,7 @@ class Actuator:
         except ProviderError as e:
             if isinstance(e, HostGpuBusy):
                 self.metrics.capacity_errors.labels(gpu_type=row.gpu_type, reason="host_gpu_busy").inc()
+            self._note_balance(e, out)
             await self.store.update_pod(action.pod_id, [
                 ("phase", PodPhase.STOPPED), ("phase_since", now), ("role", PodRole.STANDBY),
                 ("backoff_until", now + self.tuning.resume_backoff_s), ("failures", row.failures + 1),
@@ -246,6 +260,18 @@ class Actuator:
             if action.lease_id and await self.store.requeue_lease(action.lease_id, f"resume failed: {e}"):
                 out.leases_changed = True
             out.wake_again = True
+
+    def _note_balance(self, err: ProviderError, out: Outcome) -> None:
+        if isinstance(err, BalanceTooLow):
+            out.balance_low = str(err)[:200]
+
+    async def _log_tail(self, runpod_id: str) -> list[str]:
+        try:
+            lines = await self.provider.pod_logs(runpod_id, LOG_TAIL_LINES)
+        except ProviderError as e:
+            log.info("could not read the log of %s: %s", runpod_id, e)
+            return []
+        return [line.strip()[:300] for line in lines if line.strip()]
 
     async def _backoff(self, row: PodRow, now: float, out: Outcome, reason: str, err: ProviderError) -> None:
         failures = row.failures + 1

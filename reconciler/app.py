@@ -19,7 +19,7 @@ from . import __version__, api
 from .actuator import PodTemplate
 from .loop import Clock, Controller
 from .metrics import ControllerMetrics
-from .provider import Provider, RunPodProvider
+from .provider import Provider, make_provider
 from .settings import Settings
 from .store import Store, migrate
 
@@ -34,8 +34,8 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
         store = await Store(settings.database_url).open()
         metrics = ControllerMetrics()
         own_provider = provider is None
-        prov = provider or RunPodProvider(
-            settings.runpod_api_key.get_secret_value(), settings.runpod_api_url or None,
+        prov = provider or make_provider(
+            settings.runpod_api, settings.runpod_api_key.get_secret_value(), settings.runpod_api_url or None,
             call_timeout_s=settings.provider_timeout_s, observe=metrics.observe_provider,
         )
         controller = Controller(
@@ -46,6 +46,7 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
             ),
             default_policy=settings.default_policy(), tuning=settings.tuning(), metrics=metrics,
             interval_s=settings.reconcile_interval_s, health_timeout_s=settings.health_timeout_s, clock=clock,
+            catalog_ttl_s=settings.catalog_ttl_s, billing_interval_s=settings.billing_interval_s,
         )
         app.state.controller = controller
         app.state.api_config = api.ApiConfig(
@@ -62,7 +63,7 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
             await controller.stop()
             await store.close()
             if own_provider:
-                prov.close()
+                await prov.aclose()
 
     app = FastAPI(title="Harper pod controller", version=__version__, lifespan=lifespan)
     api.install(app)

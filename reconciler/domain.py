@@ -192,6 +192,7 @@ class ObservedPod:
     endpoint_host: str | None = None  # None while runtime is null
     endpoint_port: int | None = None
     healthy: bool = False
+    failed: bool = False  # RunPod reports the container in an unrecoverable error (REST ``ERROR``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +209,6 @@ class Desired:
     unavailable_until: dict[str, float] = field(default_factory=dict)  # gpu type -> time
     prices: dict[str, float] = field(default_factory=dict)  # gpu type -> $/h
     orphans_seen: dict[str, float] = field(default_factory=dict)  # runpod id -> first seen
+    stock: dict[str, str] = field(default_factory=dict)  # gpu type -> NONE|LOW|MEDIUM|HIGH where RunPod says
+    provider_budget: int | None = None  # RunPod calls this pass may make (rate-limit quota); None: no quota
+    creates_blocked: str = ""  # why no pod may be created or resumed now (e.g. RunPod's low-balance answer)

@@ -41,7 +41,20 @@ class ControllerMetrics:
             "harper_reconcile_duration_seconds", "Reconcile pass duration", buckets=LATENCY_BUCKETS, registry=r
         )
         self.provider_requests = Counter(
-            "harper_provider_requests", "RunPod calls by operation and outcome", ["op", "outcome"], registry=r
+            "harper_provider_requests", "RunPod calls by API (rest|graphql), operation and outcome",
+            ["api", "op", "outcome"], registry=r,
+        )
+        self.quota_remaining = Gauge(
+            "harper_provider_quota_remaining", "RunPod rate-limit calls left in each window, as last reported",
+            ["window"], registry=r,
+        )
+        self.gpu_stock = Gauge(
+            "harper_gpu_stock", "RunPod pod stock per GPU type (0 NONE, 1 LOW, 2 MEDIUM, 3 HIGH)", ["gpu_type"],
+            registry=r,
+        )
+        self.cost_billed = Counter(
+            "harper_cost_billed_dollars", "USD RunPod billed for our pods since start (its billing records)",
+            ["kind"], registry=r,
         )
         self.provider_duration = Histogram(
             "harper_provider_request_duration_seconds", "RunPod call duration", ["op"],
@@ -57,12 +70,13 @@ class ControllerMetrics:
         self.build_info.labels(version=__version__).set(1)
         for kind in ("gpu", "storage"):
             self.cost_total.labels(kind=kind)
+            self.cost_billed.labels(kind=kind)
             self.cost_per_hour.labels(kind=kind)
         for usage in ("leased", "idle"):
             self.gpu_seconds.labels(usage=usage)
 
-    def observe_provider(self, op: str, outcome: str, seconds: float) -> None:
-        self.provider_requests.labels(op=op, outcome=outcome).inc()
+    def observe_provider(self, api: str, op: str, outcome: str, seconds: float) -> None:
+        self.provider_requests.labels(api=api, op=op, outcome=outcome).inc()
         self.provider_duration.labels(op=op).observe(seconds)
 
     def render(self) -> bytes:

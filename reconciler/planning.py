@@ -68,6 +68,7 @@ class StopPod:
 class TerminatePod:
     pod_id: str
     reason: str = ""
+    logs: bool = False  # the pod failed: read the tail of its log into the event first (it is gone after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +149,8 @@ def sync_changes(pod: Pod, seen: ObservedPod | None, tuning: Tuning, now: float)
     else:
         want = {"runpod_id": seen.runpod_id, "cost_per_hr": seen.cost_per_hr or pod.cost_per_hr,
                 "endpoint_host": seen.endpoint_host, "endpoint_port": seen.endpoint_port}
-        if pod.phase == P.TERMINATING:
-            pass
+        if pod.phase == P.TERMINATING or seen.failed:
+            pass  # a failed pod keeps its phase until the terminate that ``_sync_all`` sends is seen
         elif seen.desired_status != "RUNNING":
             want |= {"phase": P.STOPPED, "unhealthy_since": None}
         elif pod.phase == P.STOPPING and now - pod.phase_since < tuning.stop_timeout_s:
@@ -197,6 +198,8 @@ class _Plan:
         self.tuning = desired.tuning
         self.actions: list[Action] = []
         self.provider_budget = desired.tuning.max_provider_actions
+        if desired.provider_budget is not None:  # RunPod's rate-limit quota left for this pass
+            self.provider_budget = min(self.provider_budget, desired.provider_budget)
         self.pods: dict[str, Pod] = {}
         self.slots: dict[str, set[int]] = defaultdict(set)
 
@@ -226,6 +229,8 @@ class _Plan:
         """None if one more pod may hold a GPU now, else why not. ``usage``: (count, $/h) if known."""
         if self.policy.paused:
             return "paused"
+        if self.d.creates_blocked:
+            return self.d.creates_blocked
         count, spend = usage or self.gpu_usage()
         if count + 1 > self.policy.max_pods:
             return f"max_pods {self.policy.max_pods} reached"
@@ -234,12 +239,17 @@ class _Plan:
         return None
 
     def next_gpu_type(self) -> str | None:
-        """The first type in priority order that is in stock and has a known price (a create at an unknown
-        price could not be checked against the budget: that type waits until the loop has fetched it)."""
-        for gpu_type in self.policy.gpu_types:
-            if self.d.unavailable_until.get(gpu_type, 0.0) <= self.now and gpu_type in self.d.prices:
-                return gpu_type
-        return None
+        """The type to create: the policy's priority order, except that a type RunPod reports LOW on stock
+        goes after those it reports MEDIUM or HIGH (a create places exactly one type and never falls back, so
+        a likely refusal costs a pass), and a type with NONE, or refused recently (``unavailable_until``), or
+        without a known price (the budget could not be checked) is skipped."""
+        usable = [
+            t for t in self.policy.gpu_types
+            if self.d.unavailable_until.get(t, 0.0) <= self.now and t in self.d.prices
+            and self.d.stock.get(t) != "NONE"
+        ]
+        usable.sort(key=lambda t: self.d.stock.get(t) == "LOW")  # stable: priority order otherwise
+        return usable[0] if usable else None
 
     def free_slot(self, pod: Pod) -> int | None:
         used = self.slots[pod.id]
@@ -262,13 +272,19 @@ def plan(desired: Desired, observed: Observed, now: float) -> list[Action]:
 
 def _sync_all(p: _Plan, observed: Observed) -> None:
     for pod in p.d.pods:
-        changes = sync_changes(pod, observed.pods.get(pod.name), p.tuning, p.now)
+        seen = observed.pods.get(pod.name)
+        changes = sync_changes(pod, seen, p.tuning, p.now)
         if changes:
             new = replace(pod, **changes)
             p.actions.append(UpdatePod(pod.id, tuple(changes.items()), new.reason))
             p.pods[pod.id] = new
         else:
             p.pods[pod.id] = pod
+        if seen is not None and seen.failed and pod.phase not in (PodPhase.TERMINATING, PodPhase.TERMINATED):
+            # RunPod says the container cannot recover: replace it now rather than after the ready timeout.
+            reason = "RunPod reports the container in ERROR"
+            if p.emit(TerminatePod(pod.id, reason, logs=True)):
+                p.pods[pod.id] = replace(p.pods[pod.id], phase=PodPhase.TERMINATING, phase_since=p.now, reason=reason)
 
 
 def _settle_leases(p: _Plan) -> list[Lease]:
@@ -463,7 +479,7 @@ def _collect(p: _Plan, observed: Observed) -> None:
             continue
         age = p.now - pod.phase_since
         if pod.phase == P.STARTING and age >= t.ready_timeout_s:
-            p.emit(TerminatePod(pod.id, f"not Ready after {age:.0f}s"))
+            p.emit(TerminatePod(pod.id, f"not Ready after {age:.0f}s", logs=True))
         elif pod.phase == P.READY and pod.unhealthy_since is not None and (
             p.now - pod.unhealthy_since >= t.unhealthy_timeout_s
         ):

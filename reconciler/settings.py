@@ -7,6 +7,8 @@ API. Secrets are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,7 +19,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HARPER_", extra="ignore")
 
     runpod_api_key: SecretStr = SecretStr("")  # empty: local mode (an emulator on loopback)
-    runpod_api_url: str = ""  # base URL for the SDK (RUNPOD_API_BASE_URL); empty: RunPod itself
+    runpod_api_url: str = ""  # RunPod's base URL (REST under /v2, GraphQL at /graphql); empty: RunPod itself
+    runpod_api: Literal["rest", "graphql"] = "rest"  # REST v2; GraphQL (the SDK) until RunPod retires it
+    catalog_ttl_s: float = Field(60.0, gt=0)  # GPU prices and stock are read at most this often
+    billing_interval_s: float = Field(300.0, gt=0)  # what RunPod billed is read this often
     database_url: str = "sqlite+aiosqlite:///harper.db"
     api_token: SecretStr = SecretStr("")  # companion scope (/v1/leases*); empty: generated and printed
     admin_token: SecretStr = SecretStr("")  # admin scope (everything); empty: generated and printed

@@ -138,9 +138,22 @@ async def cost(ctl: Ctl, _: Admin) -> dict[str, Any]:
         by_pod.setdefault(pod_id, {"gpu": 0.0, "storage": 0.0})[kind] = round(row.usd, 6)
         totals[kind] = totals.get(kind, 0.0) + row.usd
     per_hour = ctl.usd_per_hour
+    billed = None
+    if ctl.billed is not None:
+        billed_totals = ctl.billed["totals"]
+        billed = {
+            **{k: round(v, 6) for k, v in billed_totals.items()}, "total": round(sum(billed_totals.values()), 6),
+            "as_of": iso(ctl.billed["as_of"]),
+        }
+        for pod_id, amounts in ctl.billed["by_pod"].items():
+            by_pod.setdefault(pod_id, {"gpu": 0.0, "storage": 0.0})["billed"] = {
+                k: round(v, 6) for k, v in amounts.items()}
     return {
         "usd_per_hour": {**{k: round(v, 6) for k, v in per_hour.items()}, "total": round(sum(per_hour.values()), 6)},
         "spent_usd": {**{k: round(v, 6) for k, v in totals.items()}, "total": round(sum(totals.values()), 6)},
+        # What RunPod's billing records say for the same pods (REST v2; null on GraphQL or before the first
+        # read). They lag the estimate by up to ``HARPER_BILLING_INTERVAL_S``.
+        "billed_usd": billed,
         "by_pod": by_pod,
     }
 

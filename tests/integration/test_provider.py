@@ -22,7 +22,7 @@ from .harness import EMULATOR_KEY, GPU_A, GPU_B, until
 async def provider(emulator):
     calls: list[tuple[str, str]] = []
     prov = RunPodProvider(EMULATOR_KEY, emulator.url, call_timeout_s=1.0, backoff_s=0.05,
-                          observe=lambda op, outcome, s: calls.append((op, outcome)))
+                          observe=lambda api, op, outcome, s: calls.append((op, outcome)))
     prov.calls = calls
     yield prov
     prov.close()

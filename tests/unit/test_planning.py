@@ -317,7 +317,7 @@ def test_unhealthy_ready_pod_is_replaced_after_timeout():
 def test_pod_stuck_starting_is_terminated():
     p = pod("p", phase=PodPhase.STARTING, phase_since=NOW - 1000, was_ready=False)
     actions = plan(desired([p], ready_timeout_s=900), observed(seen(p, healthy=False)), NOW)
-    assert TerminatePod("p", "not Ready after 1000s") in actions
+    assert TerminatePod("p", "not Ready after 1000s", logs=True) in actions
 
 
 def test_transition_table_refuses_illegal_moves():
@@ -366,3 +366,52 @@ def test_plan_is_deterministic():
     obs = observed(seen(pods[0]), seen(pods[1], "EXITED"), seen(pods[2], healthy=False))
     assert plan(desired(pods, leases), obs, NOW) == plan(desired(pods, leases), obs, NOW)
     assert replace(pods[0]) == pods[0]
+
+
+# ------------------------------------------------------------------------------ REST v2: errors, stock, quota
+
+
+def test_pod_in_error_is_replaced_at_once_with_its_log_and_its_leases_move_on():
+    serving = pod("p", phase=PodPhase.READY)
+    booting = pod("q", phase=PodPhase.STARTING, phase_since=NOW - 5, was_ready=False)
+    ready_lease = lease("l1", LeaseState.READY, pod_id="p")
+    waiting = lease("l2", LeaseState.PENDING, pod_id="q", created_at=NOW - 0.5)
+    failed = replace(seen(serving), failed=True, healthy=False)
+    actions = plan(desired([serving, booting], [ready_lease, waiting], policy=Policy(standby_count=0)),
+                   observed(failed, replace(seen(booting, healthy=False), failed=True)), NOW)
+    assert TerminatePod("p", "RunPod reports the container in ERROR", logs=True) in actions
+    assert TerminatePod("q", "RunPod reports the container in ERROR", logs=True) in actions  # long before 900 s
+    # A failed pod keeps its phase record until the terminate lands (no "ready -> stopped" on the way).
+    assert all("phase" not in dict(u.changes) for u in of(actions, UpdatePod))
+    ended = of(actions, EndLease)[0]
+    assert ended.lease_id == "l1" and ended.state == LeaseState.FAILED and "ERROR" in ended.reason
+    assert of(actions, RequeueLease)[0].lease_id == "l2"
+    assert [c.lease_id for c in of(actions, CreatePod)] == ["l2"]  # the waiting lease gets a new pod now
+
+
+def test_stock_orders_gpu_types_and_skips_none():
+    policy = Policy(standby_count=1, gpu_types=[GPU, "NVIDIA L4", "NVIDIA A40"])
+    d = desired(policy=policy)
+    assert of(plan(replace(d, stock={GPU: "LOW", "NVIDIA L4": "HIGH"}), Observed(), NOW), CreatePod)[0].gpu_type \
+        == "NVIDIA L4"  # LOW goes after MEDIUM/HIGH
+    assert of(plan(replace(d, stock={GPU: "NONE", "NVIDIA L4": "NONE"}), Observed(), NOW), CreatePod)[0].gpu_type \
+        == "NVIDIA A40"  # NONE is skipped; unknown stock is tried
+    assert of(plan(replace(d, stock={GPU: "LOW", "NVIDIA L4": "LOW", "NVIDIA A40": "LOW"}), Observed(), NOW),
+              CreatePod)[0].gpu_type == GPU  # all LOW: priority order
+    all_none = {t: "NONE" for t in policy.gpu_types}
+    assert plan(replace(d, stock=all_none), Observed(), NOW) == []
+
+
+def test_rate_limit_quota_caps_the_provider_calls_of_a_pass():
+    leases = [lease(f"l{i}", created_at=NOW - 1 + i / 100) for i in range(10)]
+    d = desired(leases=leases, policy=Policy(standby_count=0, max_pods=50))
+    assert len(of(plan(d, Observed(), NOW), CreatePod)) == 10
+    assert len(of(plan(replace(d, provider_budget=3), Observed(), NOW), CreatePod)) == 3
+    assert of(plan(replace(d, provider_budget=0), Observed(), NOW), CreatePod) == []
+
+
+def test_low_balance_blocks_creates_and_resumes():
+    sb = standby()
+    d = replace(desired([sb], [lease()], policy=Policy(standby_count=1)), creates_blocked="RunPod balance too low")
+    actions = plan(d, observed(seen(sb, "EXITED")), NOW)
+    assert not of(actions, CreatePod) and not of(actions, ResumePod)

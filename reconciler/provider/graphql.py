@@ -1,24 +1,16 @@
-"""The RunPod seam: a narrow async interface over the official (synchronous) ``runpod`` SDK.
+"""``Provider`` on RunPod's GraphQL API through the official ``runpod`` SDK (synchronous: worker threads).
 
-The loop and the API talk to ``RunPodProvider``; the SDK is called in worker threads of the provider's own
-pool. The SDK sends every request to ``$RUNPOD_API_BASE_URL/graphql`` (read per call, so the provider
-sets it once); the API key is passed per call and never logged or put into an error.
-
-Every SDK failure becomes one of these (``classify``)::
-
-    ProviderError
-    ├── AuthFailed        401 / no key: nothing will work until the key is fixed
-    ├── NotFound          the pod does not exist (any more)
-    ├── CapacityError
-    │   ├── HostGpuBusy   resume: "There are not enough free GPUs on the host machine to start this pod."
-    │   └── OutOfStock    create: "There are no longer any instances available with the requested ..."
-    ├── RateLimited       429: the request was not carried out; safe to retry any call
-    ├── Transient         5xx, "Something went wrong", network errors, timeouts: outcome unknown
-    └── Rejected          any other refusal (bad input, balance, ...): retrying will not help
+Kept selectable (``HARPER_RUNPOD_API=graphql``) until RunPod switches GraphQL off in early 2027; REST v2
+(``rest.py``) is the default. The SDK sends every request to ``$RUNPOD_API_BASE_URL/graphql`` (read per call, so
+the provider sets it once); the API key is passed per call and never logged or put into an error. Every SDK
+failure becomes one of the ``errors`` tree (``classify``). GraphQL cannot tell a crashed container (no
+``ERROR`` state), reports no stock level, no logs, no billing and no rate-limit quota: those answers are empty.
 
 Retries (with backoff) only where safe: reads and idempotent stop/terminate on RateLimited and Transient,
 everything on RateLimited. A create is never retried blindly: after a Transient failure the pod is looked
-up by its (deterministic) name, because RunPod can create a pod while reporting an error.
+up by its (deterministic) name, because RunPod can create a pod while reporting an error. A recorded GraphQL
+429 has a bare ``{"message"}`` body on which the SDK raises ``KeyError('data')``: that is Transient here (the
+call was not carried out, so the lookup by name finds nothing and the create fails for this pass).
 """
 
 from __future__ import annotations
@@ -29,8 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import requests
 import runpod
@@ -38,49 +29,24 @@ import runpod.error
 from runpod.api.graphql import run_graphql_query
 from runpod.api.mutations import pods as pod_mutations
 
-from .domain import GPU_SERVER_PORT
+from ..domain import GPU_SERVER_PORT
+from .base import BilledPod, GpuOffer, Observer, PodSpec, ProviderPod, no_observer
+from .errors import (
+    AuthFailed,
+    BalanceTooLow,
+    NotFound,
+    ProviderError,
+    RateLimited,
+    Rejected,
+    Transient,
+    capacity_error,
+    is_balance_text,
+    is_capacity_text,
+)
+from .ratelimit import RateBudget
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-class ProviderError(Exception):
-    """RunPod refused or failed a call. ``op`` names the operation."""
-
-    def __init__(self, message: str, op: str = "") -> None:
-        super().__init__(message)
-        self.op = op
-
-
-class AuthFailed(ProviderError):
-    pass
-
-
-class NotFound(ProviderError):
-    pass
-
-
-class CapacityError(ProviderError):
-    pass
-
-
-class HostGpuBusy(CapacityError):
-    pass
-
-
-class OutOfStock(CapacityError):
-    pass
-
-
-class RateLimited(ProviderError):
-    pass
-
-
-class Transient(ProviderError):
-    pass
-
-
-class Rejected(ProviderError):
-    pass
 
 
 def classify(exc: BaseException, op: str) -> ProviderError:
@@ -92,14 +58,16 @@ def classify(exc: BaseException, op: str) -> ProviderError:
     if isinstance(exc, runpod.error.QueryError):
         message = str(exc)
         lowered = message.lower()
-        if "not enough free gpus on the host machine" in lowered:
-            return HostGpuBusy(message, op)
-        if "no longer any instances available" in lowered or "no instances currently available" in lowered:
-            return OutOfStock(message, op)
+        if is_capacity_text(message):
+            return capacity_error(message, op)
+        if is_balance_text(message):
+            return BalanceTooLow(message, op)
         if "rate limit" in lowered or "too many requests" in lowered:
             return RateLimited(message, op)
         if "something went wrong" in lowered or "internal server error" in lowered:
             return Transient(message, op)
+        # RunPod's text for an unknown pod id on a mutation is not recorded (a query answers ``pod: null``,
+        # which callers read as gone): this matches the likely words, and anything else stays Rejected.
         if "not found" in lowered or "does not exist" in lowered:
             return NotFound(message, op)
         if "unauthorized" in lowered:
@@ -113,41 +81,6 @@ def classify(exc: BaseException, op: str) -> ProviderError:
     if isinstance(exc, requests.exceptions.RequestException | OSError):
         return Transient(f"RunPod could not be reached for {op}: {type(exc).__name__}", op)
     return Rejected(f"{op} failed: {type(exc).__name__}: {exc}", op)
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderPod:
-    id: str
-    name: str
-    desired_status: str
-    cost_per_hr: float = 0.0
-    machine_id: str = ""
-    gpu_display_name: str = ""
-    endpoint_host: str | None = None  # public address of the gpu_server port; None while runtime is null
-    endpoint_port: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PodSpec:
-    name: str
-    gpu_type: str
-    image: str
-    env: dict[str, str] = field(default_factory=dict)
-    cloud_type: str = "SECURE"
-    volume_gb: int = 20
-    container_disk_gb: int = 20
-    ports: str = f"{GPU_SERVER_PORT}/tcp"
-
-
-class Provider(Protocol):
-    async def list_pods(self, prefix: str) -> list[ProviderPod]: ...
-    async def get_pod(self, pod_id: str) -> ProviderPod | None: ...
-    async def find_by_name(self, name: str) -> ProviderPod | None: ...
-    async def create_pod(self, spec: PodSpec) -> ProviderPod: ...
-    async def resume_pod(self, pod_id: str) -> None: ...
-    async def stop_pod(self, pod_id: str) -> None: ...
-    async def terminate_pod(self, pod_id: str) -> None: ...
-    async def gpu_price(self, gpu_type: str) -> float: ...
 
 
 def parse_pod(raw: dict[str, Any]) -> ProviderPod:
@@ -166,14 +99,14 @@ def parse_pod(raw: dict[str, Any]) -> ProviderPod:
         # Only a running pod's ports are real: an EXITED pod can report stale ones.
         endpoint_host=host if raw.get("desiredStatus") == "RUNNING" else None,
         endpoint_port=port if raw.get("desiredStatus") == "RUNNING" else None,
+        status=raw.get("desiredStatus") or "",
     )
 
 
-Observer = Callable[[str, str, float], None]  # (op, outcome, seconds)
-
-
-class RunPodProvider:
+class GraphQLProvider:
     """``Provider`` on the official SDK. One per process (the SDK's base URL is process-wide)."""
+
+    api = "graphql"
 
     def __init__(
         self,
@@ -194,14 +127,18 @@ class RunPodProvider:
         self._timeout = call_timeout_s
         self._retries = retries
         self._backoff = backoff_s
-        self._observe = observe or (lambda op, outcome, seconds: None)
+        self._observe = observe or no_observer
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="runpod-sdk")
+        self.budget = RateBudget()  # GraphQL reports no quota: stays empty
 
     def __repr__(self) -> str:  # never show the key
-        return f"RunPodProvider(url={os.environ.get('RUNPOD_API_BASE_URL', 'https://api.runpod.io')!r})"
+        return f"GraphQLProvider(url={os.environ.get('RUNPOD_API_BASE_URL', 'https://api.runpod.io')!r})"
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        self.close()
 
     async def _call(self, op: str, fn: Callable[[], T], retry_on: tuple[type[ProviderError], ...]) -> T:
         loop = asyncio.get_running_loop()
@@ -212,7 +149,7 @@ class RunPodProvider:
                 result = await asyncio.wait_for(loop.run_in_executor(self._pool, fn), self._timeout)
             except Exception as e:
                 err = classify(e, op)
-                self._observe(op, type(err).__name__, time.perf_counter() - started)
+                self._observe(self.api, op, type(err).__name__, time.perf_counter() - started)
                 attempt += 1
                 if isinstance(err, retry_on) and attempt < self._retries:
                     delay = self._backoff * 2 ** (attempt - 1)
@@ -220,7 +157,7 @@ class RunPodProvider:
                     await asyncio.sleep(delay)
                     continue
                 raise err from e
-            self._observe(op, "ok", time.perf_counter() - started)
+            self._observe(self.api, op, "ok", time.perf_counter() - started)
             return result
 
     def _query(self, query: str) -> dict[str, Any]:
@@ -241,12 +178,29 @@ class RunPodProvider:
                 return pod
         return None
 
-    async def gpu_price(self, gpu_type: str) -> float:
+    async def gpu_price(self, gpu_type: str, cloud_type: str = "SECURE") -> float:
         raw = await self._call(
             "gpu_types", lambda: runpod.get_gpu(gpu_type, api_key=self._key), (RateLimited, Transient)
         )
-        price = raw.get("securePrice") or (raw.get("lowestPrice") or {}).get("uninterruptablePrice") or 0.0
+        field = "communityPrice" if cloud_type == "COMMUNITY" else "securePrice"
+        price = raw.get(field) or (raw.get("lowestPrice") or {}).get("uninterruptablePrice") or 0.0
         return float(price)
+
+    async def gpu_catalog(self, gpu_types: list[str], cloud_type: str = "SECURE") -> dict[str, GpuOffer]:
+        """Prices of the wanted types, one SDK call each; GraphQL reports no stock level (``stock=None``)."""
+        offers = {}
+        for gpu_type in gpu_types:
+            try:
+                offers[gpu_type] = GpuOffer(gpu_type, await self.gpu_price(gpu_type, cloud_type))
+            except Rejected as e:  # the SDK raises ValueError for a type RunPod does not list
+                log.warning("no price for %s: %s", gpu_type, e)
+        return offers
+
+    async def pod_logs(self, pod_id: str, tail: int = 20) -> list[str]:
+        return []  # GraphQL has no pod logs
+
+    async def billing(self, since: float) -> list[BilledPod] | None:
+        return None  # GraphQL has no billing records
 
     # -- writes
     async def create_pod(self, spec: PodSpec) -> ProviderPod:

@@ -24,6 +24,7 @@ from .planning import (
     CreatePod,
     EndLease,
     GrantLease,
+    NoteLease,
     RequeueLease,
     ResumePod,
     StopPod,
@@ -127,6 +128,9 @@ class Actuator:
                 if await self.store.requeue_lease(lease_id, reason):
                     out.leases_changed = True
                     out.event(now, f"lease/{lease_id}", "Requeued", reason)
+            case NoteLease(lease_id, reason):
+                if await self.store.note_lease(lease_id, reason):
+                    out.event(now, f"lease/{lease_id}", "Waiting", reason)
             case EndLease(lease_id, state, reason):
                 await self.store.end_lease(lease_id, state, reason, now)
                 out.leases_changed = True
@@ -148,7 +152,7 @@ class Actuator:
                 row = await self.store.get_pod(pod_id)
                 if row is None or row.runpod_id is None:
                     return
-                if not await self.store.begin_stop(pod_id, now, make_standby):
+                if not await self.store.begin_stop(pod_id, now, make_standby, reason=reason):
                     return  # a lease arrived in the meantime
                 out.event(now, f"pod/{pod_id}", "Stopping", reason)
                 try:

@@ -75,6 +75,11 @@ LEASE_TRANSITIONS: dict[LeaseState, frozenset[LeaseState]] = {
 ACTIVE_LEASE_STATES = frozenset({_L.PENDING, _L.READY})
 
 
+def waiting_for(pod_id: str) -> str:
+    """Why a lease assigned to a pod that is not Ready yet is still pending."""
+    return f"waiting for pod {pod_id} to become Ready"
+
+
 def check_lease_transition(old: LeaseState, new: LeaseState) -> None:
     if old != new and new not in LEASE_TRANSITIONS[old]:
         raise IllegalTransition(f"lease state {old} -> {new} is not allowed")

@@ -98,6 +98,7 @@ class Controller:
         self._probe_limit = asyncio.Semaphore(8)
         self._healthy_seen: dict[tuple[str, str, int], float] = {}  # (runpod id, host, port) -> last 200
         self._lock = asyncio.Lock()
+        self.stopping = False  # shutdown has begun: no pass starts, long polls answer at once
         self._dirty = False
         self._scheduler: AsyncIOScheduler | None = None
         self._last_accounted: float | None = None
@@ -112,10 +113,17 @@ class Controller:
         )
         self._scheduler.start()
 
-    async def stop(self) -> None:
+    async def begin_shutdown(self) -> None:
+        """No pass starts from now on, and every long poll answers at once (the server can then close)."""
+        self.stopping = True
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        async with self.lease_changed:
+            self.lease_changed.notify_all()
+
+    async def stop(self) -> None:
+        await self.begin_shutdown()
         async with self._lock:  # let a running pass finish its writes
             pass
         await self._http.aclose()
@@ -149,6 +157,8 @@ class Controller:
         async with self._lock:
             actions: list = []
             for attempt in range(5):  # a wake during a pass runs it again, but never forever
+                if self.stopping:
+                    break
                 # Under a burst of wakes, passes would run back to back and starve the API; pending leases
                 # lose nothing by a short wait (the warm path is served inside the request).
                 gap = self.min_pass_gap_s if attempt else 0.0
@@ -381,6 +391,7 @@ class Controller:
         for kind, rate in self.usd_per_hour.items():
             self.metrics.cost_per_hour.labels(kind=kind).set(rate)
         self.metrics.standby_ready.set(standby_ready)
-        for state, count in (await self.store.lease_counts()).items():
-            self.metrics.leases.labels(state=state).set(count)
+        counts = await self.store.lease_counts()
+        for state in LeaseState:  # every state, zeros included: a gauge left alone keeps its last value
+            self.metrics.leases.labels(state=state.value).set(counts.get(state.value, 0))
         self.metrics.leases_queued.set(await self.store.queue_length())

@@ -28,6 +28,7 @@ from .domain import (
     PodPhase,
     PodRole,
     Tuning,
+    waiting_for,
 )
 
 # ---------------------------------------------------------------------------------------------- actions
@@ -104,6 +105,14 @@ class RequeueLease:
 
 
 @dataclass(frozen=True, slots=True)
+class NoteLease:
+    """Why a pending lease still waits, when that changed (paused, max_pods, budget, no GPU type, ...)."""
+
+    lease_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class EndLease:
     lease_id: str
     state: LeaseState  # expired | failed
@@ -120,6 +129,7 @@ Action = (
     | AssignLease
     | GrantLease
     | RequeueLease
+    | NoteLease
     | EndLease
 )
 PROVIDER_ACTIONS = (CreatePod, ResumePod, StopPod, TerminatePod, TerminateOrphan)
@@ -153,20 +163,25 @@ def sync_changes(pod: Pod, seen: ObservedPod | None, tuning: Tuning, now: float)
             pass  # a failed pod keeps its phase until the terminate that ``_sync_all`` sends is seen
         elif seen.desired_status != "RUNNING":
             want |= {"phase": P.STOPPED, "unhealthy_since": None}
+            if pod.phase != P.STOPPING:  # a stop we sent keeps its own reason
+                want["reason"] = f"RunPod reports it {seen.desired_status}"
         elif pod.phase == P.STOPPING and now - pod.phase_since < tuning.stop_timeout_s:
             pass
         elif seen.healthy:
             want["unhealthy_since"] = None
             if pod.phase != P.READY:
-                want |= {"phase": P.READY, "was_ready": True, "ready_at": now, "idle_since": now}
+                want |= {"phase": P.READY, "was_ready": True, "ready_at": now, "idle_since": now,
+                         "reason": "health check passed"}
         elif pod.phase == P.READY:
             # One failed probe does not take a pod out of service; ``unhealthy_timeout_s`` of them does.
             if pod.unhealthy_since is None:
                 want["unhealthy_since"] = now
         else:
-            want["phase"] = P.STARTING
+            want |= {"phase": P.STARTING, "reason": "RunPod reports it running: waiting for its health check"}
     changes = {k: v for k, v in want.items() if getattr(pod, k) != v}
-    if "phase" in changes:
+    if "phase" not in changes:
+        changes.pop("reason", None)  # a reason goes with a change of phase
+    else:
         changes["phase_since"] = now
     return changes
 
@@ -212,6 +227,8 @@ class _Plan:
         return True
 
     def set_pod(self, old: Pod, new: Pod, reason: str = "") -> None:
+        if reason:
+            new = replace(new, reason=reason)  # the reason a pod shows is always the latest one
         changes = _diff(old, new)
         if changes:
             self.actions.append(UpdatePod(old.id, changes, reason or new.reason))
@@ -250,6 +267,22 @@ class _Plan:
         ]
         usable.sort(key=lambda t: self.d.stock.get(t) == "LOW")  # stable: priority order otherwise
         return usable[0] if usable else None
+
+    def why_no_gpu_type(self) -> str:
+        why = []
+        for gpu_type in self.policy.gpu_types:
+            until = self.d.unavailable_until.get(gpu_type, 0.0)
+            if until > self.now:
+                why.append(f"{gpu_type} refused by RunPod (retry in {until - self.now:.0f}s)")
+            elif gpu_type not in self.d.prices:
+                why.append(f"{gpu_type} has no known price")
+            elif self.d.stock.get(gpu_type) == "NONE":
+                why.append(f"{gpu_type} out of stock")
+        return "no usable GPU type: " + "; ".join(why)
+
+    def note(self, lease: Lease, reason: str) -> None:
+        if lease.reason != reason:
+            self.actions.append(NoteLease(lease.id, reason))
 
     def free_slot(self, pod: Pod) -> int | None:
         used = self.slots[pod.id]
@@ -318,8 +351,11 @@ def _settle_leases(p: _Plan) -> list[Lease]:
         p.slots[lease.pod_id].add(lease.slot or 0)
         if pod.role != PodRole.SERVING:  # e.g. granted warm on a standby in the moment before it was parked
             p.set_pod(pod, replace(pod, role=PodRole.SERVING), "claimed for a lease")
-        if lease.state == LeaseState.PENDING and pod.phase == P.READY and pod.unhealthy_since is None:
-            p.emit(GrantLease(lease.id))
+        if lease.state == LeaseState.PENDING:
+            if pod.phase == P.READY and pod.unhealthy_since is None:
+                p.emit(GrantLease(lease.id))
+            else:
+                p.note(lease, waiting_for(pod.id))
     return queue
 
 
@@ -350,7 +386,7 @@ def _claim(p: _Plan, queue: list[Lease]) -> None:
         ),
         key=lambda pod: (_type_rank(p, pod.gpu_type), -(pod.ready_at or 0.0), pod.id),
     )
-    blocked = False
+    blocked = ""  # why the first lease that could not be served waits: the ones behind it wait for the same
     count, spend = p.gpu_usage()  # kept up to date below: one pass over the pods, not one per lease
     coming = 0  # free slots on pods created in this pass
     for lease in queue:
@@ -366,8 +402,12 @@ def _claim(p: _Plan, queue: list[Lease]) -> None:
             if pod.role != PodRole.SERVING:
                 p.set_pod(pod, replace(pod, role=PodRole.SERVING), "claimed for a lease")
             continue
-        if blocked or p.provider_budget <= 0:
-            continue  # leases are served in order: once one has to wait, later ones wait too
+        if blocked:
+            p.note(lease, blocked)  # leases are served in order: once one has to wait, later ones wait too
+            continue
+        if p.provider_budget <= 0:
+            p.note(lease, "this pass has spent its RunPod calls (rate-limit quota or max_provider_actions)")
+            continue
         if coming > 0:
             coming -= 1  # a pod created this pass has a slot for it: assigned on the next pass
             continue
@@ -381,7 +421,9 @@ def _claim(p: _Plan, queue: list[Lease]) -> None:
             starting.append(resumed)
             continue
         gpu_type = p.next_gpu_type()
-        if gpu_type is not None and p.may_start(p.d.prices[gpu_type], (count, spend)) is None:
+        why = p.why_no_gpu_type() if gpu_type is None else p.may_start(p.d.prices[gpu_type], (count, spend))
+        if why is None:
+            assert gpu_type is not None
             p.emit(CreatePod(gpu_type, PodRole.SERVING, lease.id, "cold create for a lease"))
             count, spend = count + 1, spend + p.d.prices[gpu_type]
             coming += p.policy.sessions_per_pod - 1
@@ -391,7 +433,8 @@ def _claim(p: _Plan, queue: list[Lease]) -> None:
             )  # counts against max_pods and budget for the rest of this pass
             p.pods[placeholder.id] = placeholder
             continue
-        blocked = True
+        blocked = why
+        p.note(lease, why)
 
 
 def _first_with_slot(p: _Plan, pods: list[Pod]) -> tuple[Pod, int] | None:
@@ -430,7 +473,8 @@ def _park_idle(p: _Plan) -> None:
         else:
             continue
         if p.emit(StopPod(pod.id, reason, make_standby=True)):
-            p.pods[pod.id] = replace(pod, phase=PodPhase.STOPPING, phase_since=p.now, role=PodRole.STANDBY)
+            p.pods[pod.id] = replace(pod, phase=PodPhase.STOPPING, phase_since=p.now, role=PodRole.STANDBY,
+                                     reason=reason)
 
 
 def _standby_pool(p: _Plan) -> list[Pod]:

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, or_, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import col, select, update
@@ -49,6 +49,7 @@ from .domain import (
     Policy,
     check_lease_transition,
     check_pod_transition,
+    waiting_for,
 )
 from .tables import EventRow, GpuTypeRow, LeaseRow, PodRow, PolicyRow, SpendRow
 
@@ -301,7 +302,9 @@ class Store:
                 self._keep_lease(lease)
             return True
 
-    async def begin_stop(self, pod_id: str, now: float, make_standby: bool, force: bool = False) -> bool:
+    async def begin_stop(
+        self, pod_id: str, now: float, make_standby: bool, force: bool = False, reason: str = ""
+    ) -> bool:
         """Mark a pod as stopping unless a lease holds it (checked in the same statement) or ``force``."""
         async with self.session() as s:
             query = update(PodRow).where(
@@ -316,6 +319,8 @@ class Store:
                     )
                 )
             values: dict[str, object] = {"phase": PodPhase.STOPPING.value, "phase_since": now}
+            if reason:
+                values["reason"] = reason[:300]
             if make_standby:
                 values["role"] = PodRole.STANDBY.value
             result = await s.exec(query.values(**values).returning(PodRow))
@@ -328,6 +333,9 @@ class Store:
     # -- leases
     async def active_leases(self) -> list[LeaseRow]:
         return list(self._leases.values())
+
+    def is_active(self, lease_id: str) -> bool:
+        return lease_id in self._leases
 
     async def planning_state(self) -> tuple[list[Pod], list[Lease]]:
         """Live pods and active leases as domain records (the lease records are kept ready with the view)."""
@@ -412,7 +420,8 @@ class Store:
         self, s: AsyncSession, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float
     ) -> LeaseRow | None:
         """The assignment inside the caller's transaction: the changed lease, or None if it was not pending."""
-        values: dict[str, object] = {"pod_id": pod_id, "slot": slot, "path": path.value}
+        values: dict[str, object] = {"pod_id": pod_id, "slot": slot, "path": path.value,
+                                     "reason": "" if ready else waiting_for(pod_id)}
         if ready:
             values |= {"state": LeaseState.READY.value, "ready_at": now}
         query = update(LeaseRow).where(
@@ -445,8 +454,25 @@ class Store:
             update(LeaseRow)
             .where(col(LeaseRow.id) == lease_id, col(LeaseRow.state) == LeaseState.PENDING.value,
                    col(LeaseRow.pod_id).is_not(None))
-            .values(state=LeaseState.READY.value, ready_at=now)
+            .values(state=LeaseState.READY.value, ready_at=now, reason="")
         ) is not None
+
+    async def note_lease(self, lease_id: str, reason: str) -> bool:
+        """Say why a pending lease waits (kept current by each pass)."""
+        return await self._change_lease(
+            update(LeaseRow)
+            .where(col(LeaseRow.id) == lease_id, col(LeaseRow.state) == LeaseState.PENDING.value)
+            .values(reason=reason[:300])
+        ) is not None
+
+    async def free_key(self, lease_id: str) -> None:
+        """Let a new lease use an ended lease's idempotency key: the old row keeps it with its id appended."""
+        async with self.session() as s:
+            await s.exec(
+                text("UPDATE leases SET idempotency_key = idempotency_key || '#' || id WHERE id = :id")
+                .bindparams(id=lease_id)
+            )
+            await s.commit()
 
     async def requeue_lease(self, lease_id: str, reason: str) -> bool:
         return await self._change_lease(
@@ -549,7 +575,10 @@ class Store:
     async def events(self, limit: int = 200, obj: str | None = None) -> list[EventRow]:
         async with self.reading() as s:
             query = select(EventRow).order_by(col(EventRow.id).desc()).limit(limit)
-            if obj:
+            if obj and "/" not in obj:  # a bare id: "l_1f2e" finds "lease/l_1f2e", "pod/..." alike
+                bare = or_(col(EventRow.object) == obj, col(EventRow.object).endswith("/" + obj, autoescape=True))
+                query = query.where(bare)
+            elif obj:
                 query = query.where(col(EventRow.object) == obj)
             return list((await s.exec(query)).all())
 

@@ -31,6 +31,9 @@ from .common import (
 )
 
 leases = APIRouter(prefix="/v1/leases", tags=["leases"])
+# An explicit Idempotency-Key whose lease has ended answers 409 for this long, then names a new lease (Stripe keeps
+# keys 24 h). The default key, the session id, names a new lease as soon as the session's lease has ended.
+REPLAY_WINDOW_S = 24 * 3600.0
 
 
 @leases.post("", status_code=201, openapi_extra=json_schema_body(LeaseCreate))
@@ -46,11 +49,21 @@ async def create_lease(
         raise ApiError(422, "invalid_request", first_error(e)) from None
     key = idempotency_key or req.session_id
     request_hash = hashlib.sha256(dumps(req.model_dump()).encode()).hexdigest()
-    try:
-        # New keys are the common case: insert straight away and let the unique index spot a replay.
-        return await _new_lease(ctl, req, key, request_hash)
-    except DuplicateKey:
-        return _replay(ctl, await ctl.store.lease_by_key(key), request_hash)
+    for _ in range(3):
+        try:
+            # New keys are the common case: insert straight away and let the unique index spot a replay.
+            return await _new_lease(ctl, req, key, request_hash)
+        except DuplicateKey:
+            existing = await ctl.store.lease_by_key(key)
+            if existing is None:
+                continue  # the other lease freed the key a moment ago
+            if existing.state in ACTIVE_LEASE_STATES or (
+                idempotency_key is not None and ctl.clock() - existing.created_at < REPLAY_WINDOW_S
+            ):
+                return _replay(ctl, existing, request_hash)
+            # The session's lease has ended (or an explicit key's replay window has passed): a new lease.
+            await ctl.store.free_key(existing.id)
+    raise ApiError(409, "conflict", "the idempotency key is being used by concurrent requests; retry")
 
 
 def _created(row: LeaseRow) -> Response:
@@ -59,7 +72,12 @@ def _created(row: LeaseRow) -> Response:
 
 
 def _replay(ctl: Controller, existing: LeaseRow, request_hash: str) -> Response:
-    """The first response to this key, byte for byte; 422 if the key came with another body."""
+    """The first response to this key, byte for byte, while its lease is live; 422 if the key came with another
+    body; 409 ``lease_ended`` once its lease has ended (the first response would present it as live)."""
+    if existing.state not in ACTIVE_LEASE_STATES:
+        ctl.metrics.lease_requests.labels(result="ended").inc()
+        raise ApiError(409, "lease_ended", f"this Idempotency-Key named lease {existing.id}, which is "
+                       f"{existing.state}; use a new key for a new lease")
     if existing.request_hash != request_hash:
         ctl.metrics.lease_requests.labels(result="idempotency_mismatch").inc()
         raise ApiError(422, "idempotency_mismatch", "this Idempotency-Key was used with another body")
@@ -88,6 +106,8 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
             if await ctl.store.insert_lease(warm, require_ready_pod=True):
                 ctl.metrics.lease_requests.labels(result="warm").inc()
                 ctl.metrics.lease_wait.labels(path=ClaimPath.WARM.value).observe(ctl.clock() - now)
+                await ctl.store.add_events([(now, f"lease/{warm.id}", "Ready",
+                                             f"warm: pod {pod.id} slot {warm.slot} for session {req.session_id}")])
                 return _created(warm)
         except SlotTaken:
             continue  # another request took that slot a moment ago: try the next pod
@@ -100,6 +120,7 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
     body = lease_body(row, None, queued + 1)
     row.first_response = json.dumps(body)
     await ctl.store.insert_lease(row)
+    await ctl.store.add_events([(now, f"lease/{row.id}", "Pending", f"queued for session {req.session_id}")])
     ctl.metrics.lease_requests.labels(result="pending").inc()
     ctl.wake()
     return _created(row)
@@ -112,8 +133,11 @@ async def get_lease(
     lease, pod = await _lease_or_404(ctl, lease_id)
     deadline = asyncio.get_running_loop().time() + wait
     while lease.state == LeaseState.PENDING.value:
+        # A client long-polling for its lease is alive: each round counts as a heartbeat.
+        now = ctl.clock()
+        lease, pod = await ctl.store.heartbeat(lease_id, now + ctl.tuning.lease_ttl_s, now)
         remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
+        if lease is None or remaining <= 0 or ctl.stopping:
             break
         async with ctl.lease_changed:
             try:
@@ -121,6 +145,8 @@ async def get_lease(
             except TimeoutError:
                 pass
         lease, pod = await _lease_or_404(ctl, lease_id)
+    if lease is None:
+        raise ApiError(404, "not_found", f"no lease {lease_id}")
     return await render_lease(ctl, lease, pod)
 
 
@@ -130,9 +156,12 @@ async def heartbeat(lease_id: str, ctl: Ctl, _: Companion) -> dict[str, Any]:
     lease, pod = await ctl.store.heartbeat(lease_id, now + ctl.tuning.lease_ttl_s, now)
     if lease is None:
         raise ApiError(404, "not_found", f"no lease {lease_id}")
-    if lease.state not in ACTIVE_LEASE_STATES or lease.expires_at <= now:
-        raise ApiError(409, "lease_ended", f"lease {lease_id} is {lease.state}" + (
-            f": {lease.reason}" if lease.reason else ""))
+    if lease.state not in ACTIVE_LEASE_STATES:
+        raise ApiError(409, "lease_ended", f"lease {lease_id} has ended: {lease.state}" + (
+            f" ({lease.reason})" if lease.reason else ""))
+    if lease.expires_at <= now:
+        raise ApiError(409, "lease_ended", f"lease {lease_id} has ended: it expired {now - lease.expires_at:.0f}s ago "
+                       "with no heartbeat within its TTL")
     return await render_lease(ctl, lease, pod)
 
 
@@ -144,9 +173,12 @@ async def release(
     out of the warm pool until a health probe says otherwise, so the next lease does not land on it."""
     now = ctl.clock()
     reason = "released by the client" + (": pod unreachable" if pod_failed else "")
+    active = ctl.store.is_active(lease_id)
     lease = await ctl.store.end_lease(lease_id, LeaseState.RELEASED, reason, now)
     if lease is None:
         raise ApiError(404, "not_found", f"no lease {lease_id}")
+    if active:
+        await ctl.store.add_events([(now, f"lease/{lease_id}", "Released", reason)])
     if pod_failed and lease.pod_id:
         await ctl.store.mark_unhealthy(lease.pod_id, now)
         await ctl.store.add_events([(now, f"pod/{lease.pod_id}", "ReportedUnreachable", f"by lease {lease_id}")])

@@ -26,6 +26,7 @@ from reconciler.planning import (
     CreatePod,
     EndLease,
     GrantLease,
+    NoteLease,
     RequeueLease,
     ResumePod,
     StopPod,
@@ -415,3 +416,49 @@ def test_low_balance_blocks_creates_and_resumes():
     d = replace(desired([sb], [lease()], policy=Policy(standby_count=1)), creates_blocked="RunPod balance too low")
     actions = plan(d, observed(seen(sb, "EXITED")), NOW)
     assert not of(actions, CreatePod) and not of(actions, ResumePod)
+
+
+# --------------------------------------------------------------------------- reasons that tell the truth
+
+
+@pytest.mark.parametrize(
+    ("policy", "unavailable", "reason"),
+    [
+        (Policy(standby_count=0, paused=True), {}, "paused"),
+        (Policy(standby_count=0, max_pods=0), {}, "max_pods 0 reached"),
+        (Policy(standby_count=0, budget_usd_per_hour=0.1), {}, "budget $0.10/h would be exceeded"),
+        (Policy(standby_count=0, gpu_types=[GPU]), {GPU: NOW + 60},
+         f"no usable GPU type: {GPU} refused by RunPod (retry in 60s)"),
+    ],
+)
+def test_a_waiting_lease_says_why_and_the_ones_behind_it_too(policy, unavailable, reason):
+    leases = [lease("l1"), lease("l2", created_at=NOW - 0.5)]
+    actions = plan(desired(leases=leases, policy=policy, unavailable=unavailable), Observed(), NOW)
+    assert of(actions, NoteLease) == [NoteLease("l1", reason), NoteLease("l2", reason)]
+    # Said once: the next pass, with the reason stored, does not say it again.
+    again = [replace(x, reason=reason) for x in leases]
+    assert of(plan(desired(leases=again, policy=policy, unavailable=unavailable), Observed(), NOW), NoteLease) == []
+
+
+def test_lease_on_a_starting_pod_waits_for_it_and_the_reason_goes_when_granted():
+    booting = pod("p", phase=PodPhase.STARTING, phase_since=NOW - 5, was_ready=False)
+    waiting = lease("l1", pod_id="p", reason="pod q is gone (vanished from RunPod)")
+    actions = plan(desired([booting], [waiting], policy=Policy(standby_count=0)), observed(seen(booting, healthy=False)),
+                   NOW)
+    assert of(actions, NoteLease) == [NoteLease("l1", "waiting for pod p to become Ready")]
+    ready = plan(desired([booting], [waiting], policy=Policy(standby_count=0)), observed(seen(booting)), NOW)
+    assert of(ready, GrantLease) == [GrantLease("l1")] and not of(ready, NoteLease)  # the grant clears it
+
+
+def test_pod_reasons_are_the_current_ones():
+    sb = pod("sb", phase=PodPhase.READY, role=PodRole.STANDBY, reason="replenish the standby pool")
+    held = lease("l1", LeaseState.READY, pod_id="sb")
+    actions = plan(desired([sb], [held], policy=Policy(standby_count=0)), observed(seen(sb)), NOW)
+    assert any(("reason", "claimed for a lease") in u.changes for u in of(actions, UpdatePod))
+    booting = pod("b", phase=PodPhase.STARTING, was_ready=False, reason="cold create for a lease")
+    update = of(plan(desired([booting], policy=Policy(standby_count=0)), observed(seen(booting)), NOW), UpdatePod)[0]
+    assert dict(update.changes)["reason"] == "health check passed"
+    idle = pod("i", phase=PodPhase.READY, idle_since=NOW - 400, reason="cold create for a lease")
+    actions = plan(desired([idle], policy=Policy(standby_count=1, idle_ttl_s=300)), observed(seen(idle)), NOW)
+    stop = of(actions, StopPod)[0]
+    assert stop.reason.startswith("idle for 400s")

@@ -13,13 +13,14 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 
-from .settings import Settings
+from .settings import Settings, setting_error
 
 log = logging.getLogger("reconciler")
 
@@ -40,65 +41,124 @@ def _db_location(url: str) -> str:
     return url.split("@")[-1]  # never print credentials of a server URL
 
 
+class StartupError(Exception):
+    """Something the operator must fix before the controller can start; ``str(e)`` is the one line to print."""
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The API's socket, bound before anything else starts: a busy port or a bad host fails here, with nothing
+    started, rather than after a reconcile pass has acted on RunPod."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except OSError as e:
+        raise StartupError(f"cannot listen on {host}:{port}: HARPER_HOST is not an address here ({e})") from e
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e} (HARPER_HOST/HARPER_PORT)") from e
+    return sock
+
+
+def _check_database(url: str) -> None:
+    """Migrate before anything starts, so an unusable database is one line, not a trace from inside uvicorn."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import StoreError, migrate
+
+    try:
+        migrate(url)
+    except (SQLAlchemyError, StoreError, OSError) as e:
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        hint = " (is its directory there and writable?)" if url.startswith("sqlite") else ""
+        raise StartupError(f"cannot open the database {_db_location(url)}: {reason}{hint}") from e
+    except ModuleNotFoundError as e:
+        raise StartupError(f"cannot open the database {_db_location(url)}: its driver {e.name!r} is not installed "
+                           "(PostgreSQL: pip install 'harper-voice-pods[postgres]')") from e
+
+
 async def _run(settings: Settings) -> None:
     from .app import create_app
 
-    updates: dict[str, object] = {}
-    generated = []
-    for name in ("api_token", "admin_token"):
-        if not getattr(settings, name).get_secret_value():
-            updates[name] = secrets.token_urlsafe(24)
-            generated.append(name)
+    sock = _bind(settings.host, settings.port)
     emulator = None
-    if settings.local_mode:
-        from runpod_emulator.server import EmulatorServer
-        from runpod_emulator.settings import EmulatorSettings
-
-        key = secrets.token_urlsafe(24)
-        state_dir = Path(settings.local_state_dir).resolve()
-        state_dir.mkdir(parents=True, exist_ok=True)
-        emulator = EmulatorServer(
-            EmulatorSettings(
-                host="127.0.0.1", port=0, api_key=key, runner=settings.local_runner,
-                boot_seconds=settings.local_boot_s, log_dir=str(state_dir / "pods"),
-            )
-        )
-        await emulator.start()
-        updates |= {"runpod_api_key": key, "runpod_api_url": emulator.url}
-    settings = settings.model_copy(update={k: _secret(k, v) for k, v in updates.items()})
-    app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
-    server = _Server(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, server.request_exit)
-    url = settings.public_url or f"http://{settings.host}:{settings.port}"
-    print(f"harper controller: API {url}  (OpenAPI {url}/docs, metrics {url}/metrics)", flush=True)
-    print(f"  database: {_db_location(settings.database_url)}", flush=True)
-    if emulator is not None:
-        print(f"  local mode: RunPod emulator at {emulator.url} ({settings.local_runner} pods; "
-              f"logs in {Path(settings.local_state_dir).resolve() / 'pods'})", flush=True)
-    for name in generated:
-        env = "HARPER_" + name.upper()
-        print(f"  {env}={getattr(settings, name).get_secret_value()}  (generated; set {env} to keep it)",
-              flush=True)
     try:
-        await server.serve()
+        await asyncio.to_thread(_check_database, settings.database_url)
+        updates: dict[str, object] = {}
+        generated = []
+        for name in ("api_token", "admin_token"):
+            if not getattr(settings, name).get_secret_value():
+                updates[name] = secrets.token_urlsafe(24)
+                generated.append(name)
+        if settings.local_mode:
+            from runpod_emulator.server import EmulatorServer
+            from runpod_emulator.settings import EmulatorSettings
+
+            key = secrets.token_urlsafe(24)
+            state_dir = Path(settings.local_state_dir).resolve()
+            state_dir.mkdir(parents=True, exist_ok=True)
+            emulator = EmulatorServer(
+                EmulatorSettings(
+                    host="127.0.0.1", port=0, api_key=key, runner=settings.local_runner,
+                    boot_seconds=settings.local_boot_s, log_dir=str(state_dir / "pods"),
+                )
+            )
+            await emulator.start()
+            updates |= {"runpod_api_key": key, "runpod_api_url": emulator.url}
+        settings = settings.model_copy(update={k: _secret(k, v) for k, v in updates.items()})
+        app = create_app(settings)
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+        server = _Server(config, app)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.request_exit)
+        host, port = sock.getsockname()[:2]
+        url = settings.public_url or f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        print(f"harper controller: API {url}  (OpenAPI {url}/docs, metrics {url}/metrics)", flush=True)
+        print(f"  database: {_db_location(settings.database_url)}", flush=True)
+        print(f"  RunPod: {settings.runpod_api} API", flush=True)
+        if emulator is not None:
+            print(f"  local mode: RunPod emulator at {emulator.url} ({settings.local_runner} pods; "
+                  f"logs in {Path(settings.local_state_dir).resolve() / 'pods'})", flush=True)
+        for name in generated:
+            env = "HARPER_" + name.upper()
+            print(f"  {env}={getattr(settings, name).get_secret_value()}  (generated; set {env} to keep it)",
+                  flush=True)
+        await server.serve(sockets=[sock])  # the lifespan starts reconciling only now
+        if not server.started:
+            raise StartupError("the controller failed to start: see the log line above")
     finally:
         if emulator is not None:
             await emulator.stop()
+        sock.close()
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: ours ends it gracefully, then the emulator and its pods."""
+    """uvicorn without its own signal handling. The first SIGINT/SIGTERM begins a graceful shutdown that takes
+    about a second: no pass starts any more, long polls answer at once, in-flight requests get a moment. A
+    second one exits at once (safe: every RunPod call is recorded before it is made)."""
+
+    def __init__(self, config: uvicorn.Config, app: object) -> None:
+        super().__init__(config)
+        self._app = app
 
     @contextlib.contextmanager
     def capture_signals(self):
         yield
 
     def request_exit(self) -> None:
+        if self.should_exit:
+            print("reconciler: interrupted again: exiting now", file=sys.stderr, flush=True)
+            os._exit(130)
         log.info("shutting down")
         self.should_exit = True
+        controller = getattr(getattr(self._app, "state", None), "controller", None)
+        if controller is not None:
+            asyncio.get_running_loop().create_task(controller.begin_shutdown(), name="controller-shutdown")
 
 
 def _secret(name: str, value: object) -> object:
@@ -113,28 +173,48 @@ def cmd_run(args: argparse.Namespace) -> int:
                       ("runner", "HARPER_LOCAL_RUNNER")):
         if getattr(args, flag):
             os.environ[env] = str(getattr(args, flag))
-    try:
-        settings = Settings()
-        settings.default_policy(), settings.tuning()  # fail here, with the setting named, not mid-start
-    except ValidationError as e:
-        err = e.errors()[0]
-        print(f"reconciler: bad setting {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+    settings = load_settings()
+    if settings is None:
         return 2
     _setup_logging(settings.log_level)
     with contextlib.suppress(ImportError):  # uvloop (from uvicorn[standard]) roughly halves the loop's cost
         import uvloop
 
         uvloop.install()
-    asyncio.run(_run(settings))
-    return 0
+    try:
+        asyncio.run(_run(settings))
+    except StartupError as e:
+        print(f"reconciler: {e}", file=sys.stderr)
+        return 2
+    # Everything is closed. A GraphQL call still hanging in one of the SDK's worker threads would hold the
+    # interpreter's exit until it times out (up to 30 s): nothing is left to wait for, so leave now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def load_settings() -> Settings | None:
+    """The settings, checked whole (policy and tuning included) before anything starts; None after printing
+    one line that names the bad setting."""
+    try:
+        settings = Settings()
+        settings.default_policy(), settings.tuning()
+    except ValidationError as e:
+        print(f"reconciler: {setting_error(e)}", file=sys.stderr)
+        return None
+    return settings
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .store import migrate
-
-    settings = Settings()
+    settings = load_settings()
+    if settings is None:
+        return 2
     url = args.database_url or settings.database_url
-    migrate(url)
+    try:
+        _check_database(url)
+    except StartupError as e:
+        print(f"reconciler: {e}", file=sys.stderr)
+        return 2
     print(f"database at {_db_location(url)} is at the newest schema")
     return 0
 

@@ -94,7 +94,8 @@ class ClaimPath(StrEnum):
 class Policy(BaseModel):
     """Operator policy: stored in the database, editable through the admin API, applied on the next pass."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "paused": "yes" or "standby_count": "2" is a mistake to refuse, not to guess at
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     standby_count: int = Field(1, ge=0, le=100)
     idle_ttl_s: float = Field(300.0, ge=0, le=7 * 86400)
@@ -117,30 +118,30 @@ class Policy(BaseModel):
             raise ValueError("gpu_types must not repeat a type")
         return cleaned
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if self.standby_count > self.max_pods:
+            # A standby holds a GPU while it is created and loads its models: more than max_pods never fit.
+            raise ValueError(f"standby_count {self.standby_count} is above max_pods {self.max_pods}")
+        return self
+
 
 class Tuning(BaseModel):
     """Mechanics, not policy: timeouts and limits of the loop. Set from the environment at start."""
 
     model_config = ConfigDict(frozen=True)
 
-    lease_ttl_s: float = 60.0
-    create_grace_s: float = 60.0  # an intent with no pod at RunPod after this is failed
-    orphan_grace_s: float = 60.0  # an unknown harper- pod is terminated after this
-    ready_timeout_s: float = 900.0  # a pod that never becomes Ready is replaced
-    unhealthy_timeout_s: float = 60.0  # a Ready pod whose health fails this long is replaced
-    stop_timeout_s: float = 120.0  # a stop RunPod has not carried out is sent again
-    resume_backoff_s: float = 120.0  # a standby whose host GPU was taken is not tried again for this long
-    out_of_stock_s: float = 180.0  # a GPU type that was out of stock is skipped for this long
-    pending_timeout_s: float = 900.0  # a lease that waits longer than this fails
-    max_provider_actions: int = 20  # provider calls per pass
-    queue_limit: int = 1000  # pending leases without a pod
-
-    @model_validator(mode="after")
-    def _positive(self) -> Tuning:
-        for name, value in self.model_dump().items():
-            if value <= 0:
-                raise ValueError(f"{name} must be positive")
-        return self
+    lease_ttl_s: float = Field(60.0, gt=0)
+    create_grace_s: float = Field(60.0, gt=0)  # an intent with no pod at RunPod after this is failed
+    orphan_grace_s: float = Field(60.0, gt=0)  # an unknown harper- pod is terminated after this
+    ready_timeout_s: float = Field(900.0, gt=0)  # a pod that never becomes Ready is replaced
+    unhealthy_timeout_s: float = Field(60.0, gt=0)  # a Ready pod whose health fails this long is replaced
+    stop_timeout_s: float = Field(120.0, gt=0)  # a stop RunPod has not carried out is sent again
+    resume_backoff_s: float = Field(120.0, gt=0)  # a standby whose host GPU was taken is not tried again for this long
+    out_of_stock_s: float = Field(180.0, gt=0)  # a GPU type that was out of stock is skipped for this long
+    pending_timeout_s: float = Field(900.0, gt=0)  # a lease that waits longer than this fails
+    max_provider_actions: int = Field(20, gt=0)  # provider calls per pass
+    queue_limit: int = Field(1000, gt=0)  # pending leases without a pod
 
 
 @dataclass(frozen=True, slots=True)

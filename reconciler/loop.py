@@ -18,6 +18,7 @@ for it: the warm path and the queue need no RunPod call. The GPU catalog (prices
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -99,6 +100,7 @@ class Controller:
         self._healthy_seen: dict[tuple[str, str, int], float] = {}  # (runpod id, host, port) -> last 200
         self._lock = asyncio.Lock()
         self.stopping = False  # shutdown has begun: no pass starts, long polls answer at once
+        self._pass_task: asyncio.Task | None = None
         self._dirty = False
         self._scheduler: AsyncIOScheduler | None = None
         self._last_accounted: float | None = None
@@ -116,16 +118,27 @@ class Controller:
     async def begin_shutdown(self) -> None:
         """No pass starts from now on, and every long poll answers at once (the server can then close)."""
         self.stopping = True
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.pause()  # no new pass; one in flight gets its grace in ``stop``
         async with self.lease_changed:
             self.lease_changed.notify_all()
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 1.5) -> None:
+        """Let a running pass finish for ``grace_s``, then cancel it: that is safe at any point, as a SIGKILL
+        is (every create's intent is written before the call; the next start observes and adopts)."""
         await self.begin_shutdown()
-        async with self._lock:  # let a running pass finish its writes
-            pass
+        try:
+            async with asyncio.timeout(grace_s), self._lock:
+                pass
+        except TimeoutError:
+            if self._pass_task is not None and not self._pass_task.done():
+                log.warning("shutdown: cancelling the reconcile pass in flight (safe; the next start resumes it)")
+                self._pass_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(self._pass_task), 1.0)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
         await self._http.aclose()
 
     @property
@@ -149,12 +162,18 @@ class Controller:
     async def _scheduled_pass(self) -> None:
         if time.monotonic() < self._not_before:
             return  # paced by RunPod's rate-limit quota: a later tick (or a wake) runs it
-        await self.reconcile_once()  # a pass never raises (``_pass``); APScheduler would log it if it did
+        try:
+            await self.reconcile_once()  # a pass never raises (``_pass``); APScheduler would log it if it did
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            log.info("reconcile pass cancelled by the shutdown")
 
     # -- one pass
     async def reconcile_once(self) -> list:
         """Run passes until no wake is outstanding; returns the actions of the last pass."""
         async with self._lock:
+            self._pass_task = asyncio.current_task()
             actions: list = []
             for attempt in range(5):  # a wake during a pass runs it again, but never forever
                 if self.stopping:

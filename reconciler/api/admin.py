@@ -50,12 +50,18 @@ async def pod_override(
     async with ctl.exclusive():  # never act on a pod mid-pass; check the pod as it is now
         row = await _pod_or_404(ctl, pod_id)
         held = await ctl.store.leases_on([pod_id])
+        phase = PodPhase(row.phase)
+        # A repeat (the pod is already where the verb takes it) is a no-op; a verb that makes no sense for the
+        # pod's phase is 409, whatever the verb.
+        if phase in ALREADY[op] or (op in ("cordon", "uncordon") and row.cordoned == (op == "cordon")
+                                    and phase not in GONE):
+            return render_pod(row, held)
+        if phase in GONE or (row.runpod_id is None and op not in ("cordon", "uncordon")):
+            raise ApiError(409, "conflict", f"pod {pod_id} is {phase}: nothing to {op}")
         if op in ("cordon", "uncordon"):
             await ctl.store.update_pod(pod_id, [("cordoned", op == "cordon")])
-        elif row.phase in (PodPhase.TERMINATED, PodPhase.FAILED) or row.runpod_id is None:
-            raise ApiError(409, "conflict", f"pod {pod_id} is {row.phase}")
-        elif op == "start" and row.phase != PodPhase.STOPPED:
-            raise ApiError(409, "conflict", f"pod {pod_id} is {row.phase}, not stopped")
+        elif op == "start" and phase != PodPhase.STOPPED:
+            raise ApiError(409, "conflict", f"pod {pod_id} is {phase}: start it once it is stopped")
         elif op in ("stop", "terminate") and held and not force:
             raise ApiError(409, "pod_leased", f"pod {pod_id} holds {len(held)} lease(s); add ?force=true")
         else:
@@ -70,6 +76,17 @@ async def pod_override(
     await ctl.store.add_events([(now, f"pod/{pod_id}", f"Admin{op.title()}", f"by admin (force={force})")])
     ctl.wake()
     return render_pod(await ctl.store.get_pod(pod_id), await ctl.store.leases_on([pod_id]))
+
+
+GONE = frozenset({PodPhase.TERMINATED, PodPhase.FAILED})
+# Phases in which each verb has nothing left to do.
+ALREADY = {
+    "stop": frozenset({PodPhase.STOPPING, PodPhase.STOPPED}),
+    "start": frozenset({PodPhase.CREATING, PodPhase.STARTING, PodPhase.READY}),
+    "terminate": frozenset({PodPhase.TERMINATING, PodPhase.TERMINATED}),
+    "cordon": frozenset(),
+    "uncordon": frozenset(),
+}
 
 
 async def _override(ctl: Controller, row: PodRow, op: str, now: float, held: list[LeaseRow]) -> None:
@@ -106,10 +123,29 @@ async def patch_policy(request: Request, ctl: Ctl, _: Admin) -> dict[str, Any]:
         merged = Policy.model_validate(current.model_dump() | patch.model_dump(exclude_none=True))
     except ValidationError as e:
         raise ApiError(422, "invalid_policy", first_error(e)) from None
+    if patch.gpu_types is not None:
+        await _check_gpu_types(ctl, [t for t in merged.gpu_types if t not in ctl.prices])
     await ctl.store.set_policy(merged)
     await ctl.store.add_events([(ctl.clock(), "policy", "PolicyChanged", dumps(patch.model_dump(exclude_none=True)))])
     ctl.wake()
     return merged.model_dump()
+
+
+async def _check_gpu_types(ctl: Controller, gpu_types: list[str]) -> None:
+    """422 for a GPU type RunPod does not list for pods on our cloud (asked now: a typo would otherwise only show
+    as leases that never get a pod)."""
+    if not gpu_types:
+        return
+    cloud = ctl.template.cloud_type
+    try:
+        offers = await ctl.provider.gpu_catalog(gpu_types, cloud)
+    except ProviderError as e:
+        message = f"could not check gpu_types with RunPod: {type(e).__name__}: {e}"
+        raise ApiError(502, "provider_error", message) from None
+    unknown = [t for t in gpu_types if t not in offers]
+    if unknown:
+        raise ApiError(422, "invalid_policy", f"gpu_types: RunPod does not offer {', '.join(map(repr, unknown))} "
+                                              f"for pods on {cloud} cloud")
 
 
 @admin.post("/reconcile")

@@ -46,7 +46,7 @@ class LeaseCreate(BaseModel):
 
 # Every Policy field, optional: what PATCH /v1/policy takes (the merged policy is validated as a Policy).
 PolicyPatch = create_model(
-    "PolicyPatch", __config__=ConfigDict(extra="forbid"),
+    "PolicyPatch", __config__=ConfigDict(extra="forbid", strict=True),
     **{name: (field.annotation | None, None) for name, field in Policy.model_fields.items()},
 )
 

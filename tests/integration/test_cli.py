@@ -30,7 +30,7 @@ def test_demo_without_a_token_says_how_to_get_one():
 
 def test_bad_setting_is_named_before_anything_starts():
     done = run("run", HARPER_SESSIONS_PER_POD="1000")
-    assert done.returncode == 2 and "sessions_per_pod" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "HARPER_SESSIONS_PER_POD=1000" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_migrate_creates_the_schema(tmp_path):

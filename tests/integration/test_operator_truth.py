@@ -42,7 +42,9 @@ async def test_a_pending_lease_says_why_it_waits_and_an_event_says_so(stack):
     await api.post("/v1/reconcile", ADMIN)
     got = (await api.get(f"/v1/leases/{lease['id']}")).json()
     assert got["state"] == "pending" and got["reason"] == "paused"
-    await api.http.patch("/v1/policy", json={"paused": False, "max_pods": 0}, headers=api.h(ADMIN))
+    changed = await api.http.patch("/v1/policy", json={"paused": False, "max_pods": 0, "standby_count": 0},
+                                   headers=api.h(ADMIN))
+    assert changed.status_code == 200, changed.text
     await api.post("/v1/reconcile", ADMIN)
     assert (await api.get(f"/v1/leases/{lease['id']}")).json()["reason"] == "max_pods 0 reached"
     events = (await api.get("/v1/events", ADMIN, object=lease["id"])).json()["events"]  # a bare id

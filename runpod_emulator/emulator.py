@@ -176,7 +176,8 @@ class Emulator:
     def _crashed(self, pod: Pod, now: float, exit_code: int | None) -> None:
         self.fleet.crash(pod.id, now, exit_code)
         self._bill_rates(pod, now)
-        self.logs.append(pod.id, SYSTEM, f"container exited with code {exit_code}", now)
+        ending = "container exited" if exit_code is None else f"container exited with code {exit_code}"
+        self.logs.append(pod.id, SYSTEM, ending, now)
         log.warning("pod %s: its container exited with code %s; the pod is in ERROR", pod.id, exit_code)
 
     async def tick(self) -> None:

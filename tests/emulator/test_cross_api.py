@@ -102,3 +102,17 @@ def test_admin_requests_counts_calls_by_api_and_operation(start_emulator: StartE
     runpod.get_pods()
     assert admin(server, "GET", "/requests").json()["by_api"]["graphql"]["ops"] == {
         "list_pods": 1}
+
+
+def test_an_error_pod_through_graphql_restarts_on_resume_and_stops(emulator):
+    pod = runpod.create_pod("p", "img", RTX_4090, ports="8000/tcp")
+    admin(emulator, "POST", f"/pods/{pod['id']}/crash", json={"log": "Segmentation fault"}).raise_for_status()
+    with rest(emulator) as client:
+        assert client.get(f"/v2/pods/{pod['id']}").json()["status"] == "ERROR"
+        assert runpod.resume_pod(pod["id"], 1)["desiredStatus"] == "RUNNING"  # restarts in place
+        assert client.get(f"/v2/pods/{pod['id']}").json()["status"] in ("STARTING", "RUNNING")
+        machine = next(m for m in admin(emulator, "GET", "/machines").json() if m["id"] == pod["machineId"])
+        assert machine["pods"] == {pod["id"]: 1}  # it never gave its GPU back
+        admin(emulator, "POST", f"/pods/{pod['id']}/crash").raise_for_status()
+        assert runpod.stop_pod(pod["id"])["desiredStatus"] == "EXITED"  # GraphQL may stop an ERROR pod
+        assert client.get(f"/v2/pods/{pod['id']}").json()["status"] == "EXITED"

@@ -295,3 +295,17 @@ async def test_http_ports_only_through_the_proxy(tmp_path: Path):
 
             await client.post(f"/v2/pods/{pod['id']}/action", json={"action": "stop"})
             assert (await client.get(f"{proxy}/health")).status_code == 502
+
+
+def test_a_container_that_cannot_start_is_error_with_the_reason_in_its_log(start_emulator: StartEmulator, tmp_path):
+    server = start_emulator(runner="process", command="/nonexistent/gpu-server serve", log_dir=tmp_path)
+    with rest(server) as client:
+        pod = client.post("/v2/pods", json=POD).json()
+        for _ in range(100):
+            if client.get(f"/v2/pods/{pod['id']}").json()["status"] == "ERROR":
+                break
+            time.sleep(0.02)
+        assert client.get(f"/v2/pods/{pod['id']}").json()["status"] == "ERROR"
+        lines = [e["line"] for e in read_events(client, f"/v2/pods/{pod['id']}/logs", 4)]
+    assert lines[2].startswith("failed to start the container:") and "nonexistent" in lines[2]
+    assert lines[3] == "container exited"

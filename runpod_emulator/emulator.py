@@ -147,6 +147,8 @@ class Emulator:
             pod = self.fleet.terminate(pod_id, now)
             self._bill_rates(pod, now)
             await self.runner.stop(pod.id)
+            self.runner.read_output(pod.id)  # nobody can ask for a terminated pod's logs again
+            self.logs.forget(pod.id)
         log.info("pod %s terminated", pod.id)
         return pod
 

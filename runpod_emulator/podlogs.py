@@ -96,6 +96,9 @@ class PodLogs:
         """Lines written after ``seq``: what a live stream sends next."""
         return [x for x in self._lines.get(pod_id, ()) if x.seq > seq and (source is None or x.source is source)]
 
+    def forget(self, pod_id: str) -> None:
+        self._lines.pop(pod_id, None)
+
     def last_seq(self) -> int:
         return self._seq
 

@@ -277,6 +277,8 @@ async def pod_logs(pod_id: str, request: Request) -> Response:
     query = logs_query(request)
     hit = _fault(emulator, Op.LOGS)
     backfill, seen = await _run(emulator.pod_logs(pod_id, source=query.source, tail=query.tail, cursor=query.cursor))
+    if hit is not None and hit.rule.kind in (FaultKind.INTERNAL, FaultKind.GATEWAY):
+        raise fault_problem(hit)  # "applied" to a read: nothing to carry out
     if hit is not None and hit.rule.kind is FaultKind.TIMEOUT:
         await asyncio.sleep(hit.rule.delay)
     headers = {

@@ -106,7 +106,11 @@ class SimulatedRunner:
         now = self._clock.now()
         pending = self._output.get(pod_id, [])
         due = [line for at, line in pending if at <= now]
-        self._output[pod_id] = [(at, line) for at, line in pending if at > now]
+        later = [(at, line) for at, line in pending if at > now]
+        if later:
+            self._output[pod_id] = later
+        else:
+            self._output.pop(pod_id, None)
         return due
 
     def take_exits(self) -> list[tuple[str, int | None]]:

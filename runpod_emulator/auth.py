@@ -1,7 +1,8 @@
-"""API-key checks shared by the GraphQL endpoint and the admin API.
+"""API-key checks shared by the GraphQL endpoint, REST v2 and the admin API: one account, one key.
 
-RunPod's SDK sends ``Authorization: Bearer <key>`` (1.7.8 and later); older clients and the docs' curl
-examples send ``?api_key=<key>``; both are accepted. With no key configured the emulator behaves like an
+REST v2 takes the key only as ``Authorization: Bearer <key>``. For GraphQL, RunPod's SDK sends
+``Authorization: Bearer <key>`` (1.7.8 and later); older clients and the docs' curl examples send
+``?api_key=<key>``; both are accepted. With no key configured the emulator behaves like an
 account that accepts any key, but a request must still present one (the SDK never sends an empty key).
 """
 
@@ -30,6 +31,15 @@ def graphql_key_ok(request: Request, settings: EmulatorSettings) -> bool:
     if settings.api_key is None:
         return True
     return hmac.compare_digest(key.encode(), settings.api_key.get_secret_value().encode())
+
+
+def rest_key_ok(request: Request, settings: EmulatorSettings) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    if settings.api_key is None:
+        return True
+    return hmac.compare_digest(token.strip().encode(), settings.api_key.get_secret_value().encode())
 
 
 def admin_key_ok(request: Request, settings: EmulatorSettings) -> bool:

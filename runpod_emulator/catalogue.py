@@ -16,6 +16,13 @@ VOLUME_RUNNING_USD_GB_MONTH = 0.10
 VOLUME_STOPPED_USD_GB_MONTH = 0.20
 CONTAINER_DISK_USD_GB_MONTH = 0.10
 
+# The emulator's one data center and the CUDA version its hosts report. Invented values: RunPod's ids look
+# like "US-KS-2"; what matters is that pods and the catalog agree on them.
+DATA_CENTER_ID = "EMU-1"
+DATA_CENTER_NAME = "Emulator 1"
+DATA_CENTER_COUNTRY = "US"
+HOST_CUDA_VERSION = "12.8"
+
 
 class CloudType(StrEnum):
     ALL = "ALL"
@@ -35,6 +42,8 @@ class GpuType:
     vcpu_per_gpu: int
     ram_gb_per_gpu: int
     max_gpu_count: int = 8
+    # Serverless pool id; only the RTX 4090's ("ADA_24") is published (the v2 schema's example).
+    pool: str | None = None
 
     def price(self, cloud: CloudType) -> float | None:
         """$/GPU/h for a pod deployed on this cloud; ALL deploys (and bills) as secure."""
@@ -74,7 +83,7 @@ class GpuType:
 
 
 CATALOGUE: tuple[GpuType, ...] = (
-    GpuType("NVIDIA GeForce RTX 4090", "RTX 4090", 24, 16384, 0.69, 0.34, 6, 41),
+    GpuType("NVIDIA GeForce RTX 4090", "RTX 4090", 24, 16384, 0.69, 0.34, 6, 41, pool="ADA_24"),
     GpuType("NVIDIA GeForce RTX 3090", "RTX 3090", 24, 10496, 0.43, 0.22, 4, 31),
     GpuType("NVIDIA L4", "L4", 24, 7424, 0.43, None, 6, 50),
     GpuType("NVIDIA A40", "A40", 48, 10752, 0.44, 0.35, 9, 50),

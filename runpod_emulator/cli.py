@@ -2,7 +2,8 @@
 
 Every flag has an ``EMULATOR_<NAME>`` environment variable (e.g. ``EMULATOR_API_KEY``); a flag wins over
 the environment. Once listening it prints one line, ``RUNPOD_API_BASE_URL=http://host:port``, which is
-what the runpod SDK needs (it appends ``/graphql`` itself), then logs pod events until SIGINT/SIGTERM, on
+what the runpod SDK needs (it appends ``/graphql`` itself) and the base of REST v2 (``<url>/v2/...``),
+then logs pod events until SIGINT/SIGTERM, on
 which every pod runner is stopped before exiting.
 """
 
@@ -22,20 +23,43 @@ from runpod_emulator.settings import EmulatorSettings
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m runpod_emulator", description="A local stand-in for RunPod's pod GraphQL API."
+        prog="python -m runpod_emulator", description="A local stand-in for RunPod's pod APIs (REST v2 and GraphQL)."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
-        help="serve the GraphQL and admin APIs",
-        description="Serve RunPod's pod GraphQL API (POST /graphql) and the emulator's admin API (/_admin). "
+        help="serve the REST v2, GraphQL and admin APIs",
+        description="Serve RunPod's REST API v2 (/v2/...) and pod GraphQL API (POST /graphql) over one fleet, "
+        "the pod proxy (/proxy/<podId>-<port>/) and the emulator's admin API (/_admin). "
         "Every option can also be set as EMULATOR_<OPTION> in the environment.",
     )
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port; 0 picks a free one (default 8765)")
     serve.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
     serve.add_argument("--runner", choices=["simulated", "process"], help="what runs behind each pod")
-    serve.add_argument("--boot-seconds", type=float, help="create/resume to runtime delay (default 3)")
+    serve.add_argument("--boot-seconds", type=float, help="create to runtime delay, the image pull (default 3)")
+    serve.add_argument(
+        "--resume-boot-seconds", type=float, help="resume/restart to runtime delay (default: --boot-seconds)"
+    )
+    serve.add_argument(
+        "--ports-delay-seconds", type=float, help="runtime to its ports being reported (default 0)"
+    )
+    serve.add_argument(
+        "--rate-limit",
+        help="REST v2 rate limit, QUOTA/WINDOW[,...] or off (default 60/minute,3000/hour,50000/day)",
+    )
+    serve.add_argument(
+        "--tenant-take-per-hour", type=float, help="other tenants take each free GPU at this rate (default 0)"
+    )
+    serve.add_argument(
+        "--tenant-release-per-hour", type=float, help="other tenants give back each GPU at this rate (default 0)"
+    )
+    serve.add_argument(
+        "--stale-exited-ports", action="store_const", const=True, help="GraphQL keeps an EXITED pod's runtime.ports"
+    )
+    serve.add_argument(
+        "--http-proxy-only", action="store_const", const=True, help="http ports only through /proxy/<podId>-<port>/"
+    )
     serve.add_argument("--load-seconds", type=float, help="simulated: boot to /health 200 (default 2)")
     serve.add_argument("--seed", type=int, help="seed for ids and fault rates (default random)")
     serve.add_argument("--machines-per-type", type=int, help="machines per GPU type (default 4)")
@@ -60,6 +84,13 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         "api_key": args.api_key,
         "runner": args.runner,
         "boot_seconds": args.boot_seconds,
+        "resume_boot_seconds": args.resume_boot_seconds,
+        "ports_delay_seconds": args.ports_delay_seconds,
+        "rate_limit": args.rate_limit,
+        "tenant_take_per_hour": args.tenant_take_per_hour,
+        "tenant_release_per_hour": args.tenant_release_per_hour,
+        "stale_exited_ports": args.stale_exited_ports,
+        "http_proxy_only": args.http_proxy_only,
         "load_seconds": args.load_seconds,
         "seed": args.seed,
         "machines_per_type": args.machines_per_type,

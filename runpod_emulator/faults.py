@@ -1,10 +1,28 @@
-"""Fault injection: armed rules that make upcoming GraphQL calls fail the way RunPod fails.
+"""Fault injection: armed rules that make upcoming calls fail the way RunPod fails, on either API.
 
-A rule names a root field (``op``, or ``*`` for any) and a ``kind``. It fires for the next ``count``
-matching calls, or with probability ``rate`` per matching call (drawn from the emulator's seeded RNG), or
-both (each call with probability ``rate``, at most ``count`` times). With neither it fires once.
-What each kind does to the response is decided in ``graphql_api.py``; this module only decides *whether*
-a call is hit. Pure apart from the injected RNG.
+A rule names an operation (``op``: an ``operations.Op`` such as ``stop_pod``, an alias such as ``start``, a
+GraphQL root field such as ``podStop``, or ``*`` for any) and a ``kind``; ``api`` narrows it to ``graphql`` or
+``rest`` (default: both). It fires for the next ``count`` matching calls, or with probability ``rate`` per
+matching call (drawn from the emulator's seeded RNG), or both (each call with probability ``rate``, at most
+``count`` times). With neither it fires once. How each kind answers on each API is decided in
+``graphql_api.py`` and ``rest_api.py``:
+
+    kind                 GraphQL                                   REST v2
+    host_gpu_busy        200 + errors: not enough free GPUs...     400 problem, same sentence
+    out_of_stock         200 + errors: no longer any instances...  400 problem, same sentence
+    no_resources         200 + errors: This machine does not...    400 problem, same sentence
+    no_cuda_host         200 + errors: No compatible CUDA host...  400 problem, same sentence
+    low_balance          200 + errors: balance is too low...       402 problem, same sentence
+    internal             500 + errors: Something went wrong...     500 problem, same sentence
+    gateway              502 + Cloudflare's HTML page (not JSON)   502 + the same HTML page
+    rate_limit           429 + errors body, Retry-After: 1         429 problem, Retry-After: 1
+    rate_limit_recorded  429 + bare {"message": ...}, Retry-After  as rate_limit
+    auth                 401                                       401 problem
+    timeout              the call is carried out, then the answer is held back ``delay_s`` (default 35 s)
+    no_runtime           create/resume/restart succeed, but the pod never gets a runtime (stays starting)
+
+``internal`` and ``gateway`` with ``applied: true`` carry the operation out before answering with the
+error, as RunPod sometimes does. Pure apart from the injected RNG.
 """
 
 from __future__ import annotations
@@ -16,20 +34,30 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# The root fields the emulator serves; a rule for anything else could never fire, so it is refused.
-ROOT_FIELDS = frozenset(
-    {"podFindAndDeployOnDemand", "podResume", "podStop", "podTerminate", "myself", "pod", "gpuTypes"}
-)
+from runpod_emulator.operations import GRAPHQL_FIELDS, STARTS_A_CONTAINER, Api, Op, op_named, valid_names
+
+# Kept for callers that listed the GraphQL fields a rule may name.
+ROOT_FIELDS = frozenset(GRAPHQL_FIELDS)
 DEFAULT_TIMEOUT_DELAY_S = 35.0  # longer than the SDK's 30 s request timeout
 
 
 class FaultKind(StrEnum):
-    HOST_GPU_BUSY = "host_gpu_busy"  # 200 + the resume error text; nothing happens
-    OUT_OF_STOCK = "out_of_stock"  # 200 + the create error text; nothing happens
-    INTERNAL = "internal"  # 500 + "Something went wrong..."; applied first if ``applied``
-    RATE_LIMIT = "rate_limit"  # 429 + Retry-After: 1; nothing happens
-    TIMEOUT = "timeout"  # the call is applied, then the answer is held back ``delay_s``
-    AUTH = "auth"  # 401; nothing happens
+    HOST_GPU_BUSY = "host_gpu_busy"
+    OUT_OF_STOCK = "out_of_stock"
+    NO_RESOURCES = "no_resources"
+    NO_CUDA_HOST = "no_cuda_host"
+    LOW_BALANCE = "low_balance"
+    INTERNAL = "internal"
+    GATEWAY = "gateway"
+    RATE_LIMIT = "rate_limit"
+    RATE_LIMIT_RECORDED = "rate_limit_recorded"
+    TIMEOUT = "timeout"
+    AUTH = "auth"
+    NO_RUNTIME = "no_runtime"
+
+
+# Kinds that carry the operation out (always, or with ``applied``) rather than stopping it.
+_MAY_APPLY = frozenset({FaultKind.INTERNAL, FaultKind.GATEWAY})
 
 
 class FaultRule(BaseModel):
@@ -37,22 +65,32 @@ class FaultRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    op: str = Field(description="a GraphQL root field such as podResume, or * for every call")
+    op: str = Field(description="an operation (stop_pod), an alias (start), a GraphQL root field (podStop), or *")
     kind: FaultKind
+    api: Api | None = Field(None, description="only calls through this API (graphql or rest); default both")
     count: int | None = Field(None, ge=1, description="fire for the next N matching calls")
     rate: float | None = Field(None, gt=0, le=1, description="fire with this probability per matching call")
     delay_s: float | None = Field(None, ge=0, description="timeout only: how long to hold the answer")
-    applied: bool | None = Field(None, description="internal: carry the operation out before answering with the error")
+    applied: bool | None = Field(
+        None, description="internal and gateway: carry the operation out before answering with the error"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FaultRule:
-        if self.op != "*" and self.op not in ROOT_FIELDS:
-            raise ValueError(f"op must be * or one of {sorted(ROOT_FIELDS)}, not {self.op!r}")
+        if self.op != "*" and op_named(self.op) is None:
+            raise ValueError(f"op must be * or one of {valid_names()}, not {self.op!r}")
         if self.delay_s is not None and self.kind is not FaultKind.TIMEOUT:
             raise ValueError("delay_s only applies to kind timeout")
-        if self.applied is not None and self.kind is not FaultKind.INTERNAL:
-            raise ValueError("applied only applies to kind internal (timeout is always applied)")
+        if self.applied is not None and self.kind not in _MAY_APPLY:
+            raise ValueError("applied only applies to kinds internal and gateway (timeout is always applied)")
+        if self.kind is FaultKind.NO_RUNTIME and self.operation not in (None, *STARTS_A_CONTAINER):
+            raise ValueError(f"no_runtime only applies to {sorted(STARTS_A_CONTAINER)} (or *)")
         return self
+
+    @property
+    def operation(self) -> Op | None:
+        """The operation the rule names; None for ``*``."""
+        return None if self.op == "*" else op_named(self.op)
 
     @property
     def delay(self) -> float:
@@ -60,13 +98,22 @@ class FaultRule(BaseModel):
 
     @property
     def applies_operation(self) -> bool:
-        return self.kind is FaultKind.TIMEOUT or (self.kind is FaultKind.INTERNAL and bool(self.applied))
+        return self.kind in (FaultKind.TIMEOUT, FaultKind.NO_RUNTIME) or (
+            self.kind in _MAY_APPLY and bool(self.applied)
+        )
+
+    def matches(self, api: Api, op: Op) -> bool:
+        if self.api is not None and self.api is not api:
+            return False
+        if self.kind is FaultKind.NO_RUNTIME and op not in STARTS_A_CONTAINER:
+            return False
+        return self.operation in (None, op)
 
 
 @dataclass(frozen=True, slots=True)
 class Hit:
     rule: FaultRule
-    field: str  # the root field the fault is reported on
+    field: str  # the name the call was drawn under (a GraphQL root field, or an operation for REST)
 
 
 @dataclass(slots=True)
@@ -88,12 +135,14 @@ class FaultBook:
     def clear(self) -> None:
         self._armed.clear()
 
-    def draw(self, fields: Sequence[str]) -> Hit | None:
-        """Decide whether a call touching ``fields`` is hit, consuming the rule's count if so."""
+    def draw(self, names: Sequence[str], api: Api = Api.GRAPHQL) -> Hit | None:
+        """Decide whether a call touching ``names`` (operations or GraphQL root fields) is hit, consuming the
+        rule's count if so."""
+        ops = [(name, op) for name in names if (op := op_named(name)) is not None]
         for armed in self._armed:
             rule = armed.rule
-            field = next((f for f in fields if rule.op in ("*", f)), None)
-            if field is None:
+            name = next((name for name, op in ops if rule.matches(api, op)), None)
+            if name is None:
                 continue
             if rule.rate is not None and self._rng.random() >= rule.rate:
                 continue
@@ -101,8 +150,16 @@ class FaultBook:
             if armed.remaining is not None:
                 armed.remaining -= 1
             self._armed = [a for a in self._armed if a.remaining != 0]
-            return Hit(rule, field)
+            return Hit(rule, name)
         return None
 
     def as_json(self) -> list[dict[str, object]]:
-        return [{**a.rule.model_dump(mode="json"), "remaining": a.remaining, "fired": a.fired} for a in self._armed]
+        return [
+            {
+                **a.rule.model_dump(mode="json"),
+                "operation": None if a.rule.operation is None else a.rule.operation.value,
+                "remaining": a.remaining,
+                "fired": a.fired,
+            }
+            for a in self._armed
+        ]

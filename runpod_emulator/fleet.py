@@ -1,29 +1,32 @@
 """The fleet: machines with GPU slots, and the pods placed on them. The emulator's pure domain core.
 
 Every RunPod pod operation is a method here that takes ``now`` and either changes the in-memory state or
-raises a ``FleetError`` whose message is RunPod's exact text. Nothing here does I/O, reads a clock or knows
-about GraphQL; ``emulator.py`` wraps it with the clock, the billing ledger and the pod runners.
+raises a ``FleetError`` (``errors.py``) whose message is RunPod's exact text. Nothing here does I/O, reads a
+clock or knows about GraphQL or REST; ``emulator.py`` wraps it with the clock, the ledger and the runners.
 
 A pod's phase is a ``PodState`` and changes only through ``TRANSITIONS``:
 
-    create ─► STARTING ─(boot delay)─► RUNNING      desiredStatus RUNNING in both; runtime only in RUNNING
-    STARTING | RUNNING ─stop─► EXITED               the machine's GPUs go back to the pool
+    create ─► STARTING ─(boot delay)─► RUNNING      GPUs held and billed from the create on
+    RUNNING ─restart─► STARTING                     same GPUs, a fresh boot (REST's restart action)
+    STARTING | RUNNING ─crash─► ERROR               the container exited; the GPUs stay held (and billed)
+    STARTING | RUNNING | ERROR ─stop─► EXITED       the machine's GPUs go back to the pool
     EXITED ─resume─► STARTING                       same machine, only if it still has free GPUs
-    any live state ─terminate─► TERMINATED          gone from the API, kept here for the admin view
+    ERROR ─resume─► STARTING                        the container restarts in place on the GPUs it holds
+    any live state ─terminate─► TERMINATED          gone from the APIs, kept here for the admin view
+
+A fresh create boots after ``boot_seconds`` (the image pull), a resume or restart after
+``resume_boot_seconds`` (the image is cached); once booted, the runtime's ports are reported only after
+``ports_delay_seconds``. A pod created or resumed with ``never_boot`` stays STARTING forever, like a bad
+image or a CUDA mismatch that never yields a runtime.
 
 Other tenants are modelled per machine (``Machine.tenant_gpus``): they take GPUs a stopped pod gave back,
 which is what makes a later resume fail with "There are not enough free GPUs on the host machine...".
-
-Exceptions (all carry RunPod's wording in ``str(e)``):
-    FleetError
-    ├── NoInstancesAvailable   create: no machine of that GPU type has enough free GPUs
-    ├── NotEnoughFreeGpus      resume: the pod's own machine is full
-    ├── PodNotFound            unknown or terminated pod id
-    └── InvalidRequest         input RunPod would refuse (no image, bad ports, gpuCount < 1)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import string
 from collections.abc import Iterable
@@ -31,35 +34,40 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from runpod_emulator.catalogue import CATALOGUE, CloudType, GpuType, storage_usd_per_hour
-
-NO_INSTANCES = (
-    "There are no longer any instances available with the requested specifications. Please refresh and try again."
+from runpod_emulator.catalogue import (
+    CATALOGUE,
+    DATA_CENTER_ID,
+    HOST_CUDA_VERSION,
+    GpuType,
+    storage_usd_per_hour,
 )
-NOT_ENOUGH_FREE_GPUS = "There are not enough free GPUs on the host machine to start this pod."
+from runpod_emulator.errors import (
+    FleetError,
+    InvalidRequest,
+    NoCompatibleCudaHost,
+    NoInstancesAvailable,
+    NotEnoughFreeGpus,
+    PodNotFound,
+)
+from runpod_emulator.messages import NO_INSTANCES, NOT_ENOUGH_FREE_GPUS
+from runpod_emulator.spec import PodSpec, PortSpec, cuda_fits, parse_ports
 
+__all__ = [  # the names other modules and tests have always imported from here
+    "NOT_ENOUGH_FREE_GPUS",
+    "NO_INSTANCES",
+    "FleetError",
+    "InvalidRequest",
+    "NoCompatibleCudaHost",
+    "NoInstancesAvailable",
+    "NotEnoughFreeGpus",
+    "PodNotFound",
+    "PodSpec",
+    "PortSpec",
+    "parse_ports",
+]
 
-class FleetError(Exception):
-    """A pod operation RunPod would refuse; ``str(e)`` is the message RunPod sends."""
-
-
-class NoInstancesAvailable(FleetError):
-    def __init__(self) -> None:
-        super().__init__(NO_INSTANCES)
-
-
-class NotEnoughFreeGpus(FleetError):
-    def __init__(self) -> None:
-        super().__init__(NOT_ENOUGH_FREE_GPUS)
-
-
-class PodNotFound(FleetError):
-    def __init__(self, pod_id: str) -> None:
-        super().__init__(f'Pod "{pod_id}" not found.')
-
-
-class InvalidRequest(FleetError):
-    pass
+# Spec fields whose change restarts a running container (RunPod resets a pod whose container settings change).
+CONTAINER_FIELDS = frozenset({"image_name", "docker_args", "ports", "env", "container_disk_gb", "registry"})
 
 
 class IllegalTransition(RuntimeError):
@@ -69,12 +77,15 @@ class IllegalTransition(RuntimeError):
 class PodState(StrEnum):
     STARTING = "STARTING"
     RUNNING = "RUNNING"
+    ERROR = "ERROR"
     EXITED = "EXITED"
     TERMINATED = "TERMINATED"
 
 
 class PodEvent(StrEnum):
     BOOT = "boot"
+    RESTART = "restart"
+    CRASH = "crash"
     STOP = "stop"
     RESUME = "resume"
     TERMINATE = "terminate"
@@ -82,55 +93,22 @@ class PodEvent(StrEnum):
 
 TRANSITIONS: dict[tuple[PodState, PodEvent], PodState] = {
     (PodState.STARTING, PodEvent.BOOT): PodState.RUNNING,
+    (PodState.RUNNING, PodEvent.RESTART): PodState.STARTING,
+    (PodState.STARTING, PodEvent.CRASH): PodState.ERROR,
+    (PodState.RUNNING, PodEvent.CRASH): PodState.ERROR,
     (PodState.STARTING, PodEvent.STOP): PodState.EXITED,
     (PodState.RUNNING, PodEvent.STOP): PodState.EXITED,
+    (PodState.ERROR, PodEvent.STOP): PodState.EXITED,
     (PodState.EXITED, PodEvent.RESUME): PodState.STARTING,
+    (PodState.ERROR, PodEvent.RESUME): PodState.STARTING,
     (PodState.STARTING, PodEvent.TERMINATE): PodState.TERMINATED,
     (PodState.RUNNING, PodEvent.TERMINATE): PodState.TERMINATED,
+    (PodState.ERROR, PodEvent.TERMINATE): PodState.TERMINATED,
     (PodState.EXITED, PodEvent.TERMINATE): PodState.TERMINATED,
 }
-# States in which the pod holds GPUs and bills for them (RunPod bills from the moment it is rented).
-HOLDS_GPU = frozenset({PodState.STARTING, PodState.RUNNING})
-
-
-@dataclass(frozen=True, slots=True)
-class PortSpec:
-    private: int
-    kind: str  # "tcp" or "http"
-
-
-def parse_ports(text: str | None) -> tuple[PortSpec, ...]:
-    """Parse RunPod's comma-separated port list, e.g. ``"8000/http,22/tcp"``."""
-    specs: list[PortSpec] = []
-    for item in (text or "").replace(" ", "").split(","):
-        if not item:
-            continue
-        number, _, kind = item.partition("/")
-        kind = kind.lower() or "http"
-        if not number.isdigit() or not 0 < int(number) < 65536 or kind not in ("tcp", "http"):
-            raise InvalidRequest(f'Invalid port "{item}": use NUMBER/tcp or NUMBER/http.')
-        specs.append(PortSpec(int(number), kind))
-    return tuple(specs)
-
-
-@dataclass(frozen=True, slots=True)
-class PodSpec:
-    """What a create asks for, already taken out of the GraphQL input."""
-
-    name: str
-    image_name: str
-    gpu_type_id: str
-    gpu_count: int = 1
-    cloud: CloudType = CloudType.ALL
-    ports: str = ""
-    env: tuple[tuple[str, str], ...] = ()
-    volume_gb: int = 0
-    container_disk_gb: int = 10
-    volume_mount_path: str = "/runpod-volume"
-    docker_args: str = ""
-    min_vcpu: int = 1
-    min_memory_gb: int = 1
-    template_id: str | None = None
+# States in which the pod holds GPUs and bills for them (RunPod bills from the moment it is rented; a pod
+# whose container died still holds its machine's GPUs until it is stopped or terminated).
+HOLDS_GPU = frozenset({PodState.STARTING, PodState.RUNNING, PodState.ERROR})
 
 
 @dataclass(slots=True)
@@ -139,7 +117,9 @@ class Machine:
     gpu_type: GpuType
     gpus: int
     tenant_gpus: int = 0  # held by other RunPod customers
-    pod_gpus: dict[str, int] = field(default_factory=dict)  # held by our running pods
+    pod_gpus: dict[str, int] = field(default_factory=dict)  # held by our pods
+    cuda_version: str = HOST_CUDA_VERSION
+    data_center_id: str = DATA_CENTER_ID
 
     @property
     def free(self) -> int:
@@ -160,10 +140,14 @@ class Pod:
     state: PodState = PodState.STARTING
     gpu_count: int = 1
     last_status_change: str = ""
-    boot_at: float = 0.0  # when a STARTING pod gets its runtime
-    booted_at: float | None = None
+    boot_at: float = 0.0  # when a STARTING pod gets its runtime; inf for one that never will
+    booted_at: float | None = None  # while RUNNING: when the container started
+    started_at: float | None = None  # the last boot, kept after a stop (REST startedAt); None: never booted
+    ports_at: float = 0.0  # when a RUNNING pod's port mappings are reported
     public_ports: dict[int, int] = field(default_factory=dict)  # private -> public, while RUNNING
     past_public_ports: set[int] = field(default_factory=set)
+    stale_ports: dict[int, int] = field(default_factory=dict)  # the mappings at the last stop
+    exit_code: int | None = None  # while ERROR
 
     def apply(self, event: PodEvent) -> None:
         try:
@@ -173,7 +157,16 @@ class Pod:
 
     @property
     def desired_status(self) -> str:
+        """GraphQL's ``desiredStatus``: the intent, RUNNING from the create on (also for a dead container)."""
         return "RUNNING" if self.state in HOLDS_GPU else self.state.value
+
+    @property
+    def provisioning(self) -> bool:
+        """A fresh create that has not booted yet (REST PROVISIONING, as opposed to a restart's STARTING)."""
+        return self.state is PodState.STARTING and self.started_at is None
+
+    def ports_reported(self, now: float) -> bool:
+        return self.state is PodState.RUNNING and now >= self.ports_at
 
     @property
     def cost_per_hr(self) -> float:
@@ -206,10 +199,14 @@ class Fleet:
         machines_per_type: int = 4,
         gpus_per_machine: int = 8,
         boot_seconds: float = 0.0,
+        resume_boot_seconds: float | None = None,
+        ports_delay_seconds: float = 0.0,
         gpu_types: Iterable[GpuType] = CATALOGUE,
     ) -> None:
         self._rng = rng
         self.boot_seconds = boot_seconds
+        self.resume_boot_seconds = boot_seconds if resume_boot_seconds is None else resume_boot_seconds
+        self.ports_delay_seconds = ports_delay_seconds
         self.user_id = "user_" + self._token(27, string.ascii_letters + string.digits)
         self.machines: dict[str, Machine] = {}
         for gpu_type in gpu_types:
@@ -238,12 +235,15 @@ class Fleet:
         except KeyError:
             raise KeyError(f"no machine {machine_id!r}") from None
 
+    def machines_of(self, gpu_type_id: str) -> list[Machine]:
+        return [m for m in self.machines.values() if m.gpu_type.id == gpu_type_id]
+
     def due_for_boot(self, now: float) -> list[Pod]:
         return [p for p in self.pods.values() if p.state is PodState.STARTING and p.boot_at <= now]
 
     # Pod operations ------------------------------------------------------------------------------------
 
-    def create(self, spec: PodSpec, now: float) -> Pod:
+    def create(self, spec: PodSpec, now: float, *, never_boot: bool = False) -> Pod:
         if not spec.image_name and not spec.template_id:
             raise InvalidRequest("Either imageName or templateId must be provided.")
         if spec.gpu_count < 1:
@@ -253,9 +253,18 @@ class Fleet:
         if gpu_type is None or gpu_type.price(spec.cloud) is None or spec.gpu_count > gpu_type.max_gpu_count:
             raise NoInstancesAvailable()
         # First fit: RunPod packs pods onto hosts; what matters here is only whether any host has room.
-        machine = next((m for m in self.machines.values() if m.gpu_type is gpu_type and m.free >= spec.gpu_count), None)
-        if machine is None:
+        roomy = [
+            m
+            for m in self.machines.values()
+            if m.gpu_type is gpu_type
+            and m.free >= spec.gpu_count
+            and (not spec.data_center_ids or m.data_center_id in spec.data_center_ids)
+        ]
+        if not roomy:
             raise NoInstancesAvailable()
+        machine = next((m for m in roomy if cuda_fits(spec, m.cuda_version)), None)
+        if machine is None:
+            raise NoCompatibleCudaHost()
         pod_id = self._token(14)
         while pod_id in self.pods:
             pod_id = self._token(14)
@@ -272,35 +281,57 @@ class Fleet:
             gpu_count=spec.gpu_count,
         )
         self.pods[pod_id] = pod
-        self._start(pod, machine, now)
-        return pod
-
-    def resume(self, pod_id: str, gpu_count: int, now: float) -> Pod:
-        pod = self.get(pod_id)
-        if pod.state in HOLDS_GPU:
-            return pod  # already running: RunPod answers with the pod, nothing changes
-        # gpuCount 0 does not give a 0-GPU pod on RunPod (runpod-python#371): keep the old count.
-        count = gpu_count if gpu_count >= 1 else pod.gpu_count
-        machine = self.machines[pod.machine_id]
-        if machine.free < count:
-            raise NotEnoughFreeGpus()
-        pod.gpu_count = count
-        pod.apply(PodEvent.RESUME)
-        self._start(pod, machine, now)
-        return pod
-
-    def _start(self, pod: Pod, machine: Machine, now: float) -> None:
         machine.pod_gpus[pod.id] = pod.gpu_count
-        pod.boot_at = now + self.boot_seconds
-        pod.booted_at = None
+        self._schedule_boot(pod, now + self.boot_seconds, never_boot)
         pod.last_status_change = status_stamp("Rented by User", now)
+        return pod
+
+    def resume(self, pod_id: str, gpu_count: int, now: float, *, never_boot: bool = False) -> Pod:
+        pod = self.get(pod_id)
+        if pod.state in (PodState.STARTING, PodState.RUNNING):
+            return pod  # already running: RunPod answers with the pod, nothing changes
+        machine = self.machines[pod.machine_id]
+        if pod.state is PodState.EXITED:
+            # gpuCount 0 does not give a 0-GPU pod on RunPod (runpod-python#371): keep the old count.
+            count = gpu_count if gpu_count >= 1 else pod.gpu_count
+            if machine.free < count:
+                raise NotEnoughFreeGpus()
+            pod.gpu_count = count
+            machine.pod_gpus[pod.id] = count
+        pod.apply(PodEvent.RESUME)  # from ERROR: a restart in place on the GPUs it still holds
+        pod.exit_code = None
+        self._schedule_boot(pod, now + self.resume_boot_seconds, never_boot)
+        pod.last_status_change = status_stamp("Rented by User", now)
+        return pod
+
+    def restart(self, pod_id: str, now: float, *, never_boot: bool = False) -> Pod:
+        pod = self.get(pod_id)
+        pod.apply(PodEvent.RESTART)
+        self._clear_runtime(pod)
+        self._schedule_boot(pod, now + self.resume_boot_seconds, never_boot)
+        pod.last_status_change = status_stamp("Reset by User", now)
+        return pod
+
+    def _schedule_boot(self, pod: Pod, at: float, never: bool) -> None:
+        pod.boot_at = math.inf if never else at
+        pod.booted_at = None
 
     def boot(self, pod_id: str, public_ports: dict[int, int], now: float) -> Pod:
         pod = self.pods[pod_id]
         pod.apply(PodEvent.BOOT)
-        pod.booted_at = now
+        pod.booted_at = pod.started_at = now
+        pod.ports_at = now + self.ports_delay_seconds
         pod.public_ports = dict(public_ports)
         pod.past_public_ports.update(public_ports.values())
+        return pod
+
+    def crash(self, pod_id: str, now: float, exit_code: int | None = 1) -> Pod:
+        """The container exited by itself: the pod goes ERROR and keeps its GPUs."""
+        pod = self.get(pod_id)
+        pod.apply(PodEvent.CRASH)
+        self._clear_runtime(pod)
+        pod.exit_code = exit_code
+        pod.last_status_change = status_stamp("Exited by Runpod", now)
         return pod
 
     def stop(self, pod_id: str, now: float) -> Pod:
@@ -319,10 +350,29 @@ class Fleet:
         pod.last_status_change = status_stamp("Terminated by user", now)
         return pod
 
-    def _release(self, pod: Pod) -> None:
-        self.machines[pod.machine_id].pod_gpus.pop(pod.id, None)
+    def update(self, pod_id: str, now: float, **changes: object) -> tuple[Pod, bool]:
+        """Change a pod's spec (REST PATCH). Returns the pod and whether its running container restarted."""
+        pod = self.get(pod_id)
+        spec = dataclasses.replace(pod.spec, **changes)  # type: ignore[arg-type]
+        ports = parse_ports(spec.ports)  # refuse bad ports before anything changes
+        restart = pod.state is PodState.RUNNING and any(
+            getattr(spec, name) != getattr(pod.spec, name) for name in CONTAINER_FIELDS
+        )
+        pod.spec, pod.ports = spec, ports
+        if restart:
+            self.restart(pod_id, now)
+        return pod, restart
+
+    def _clear_runtime(self, pod: Pod) -> None:
         pod.public_ports = {}
         pod.booted_at = None
+
+    def _release(self, pod: Pod) -> None:
+        self.machines[pod.machine_id].pod_gpus.pop(pod.id, None)
+        if pod.public_ports:
+            pod.stale_ports = dict(pod.public_ports)
+        pod.exit_code = None
+        self._clear_runtime(pod)
 
     # Other tenants -------------------------------------------------------------------------------------
 

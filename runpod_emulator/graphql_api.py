@@ -4,9 +4,14 @@ Status codes, as RunPod answers them (reference sections 1.3 and 2.9):
     401  missing or wrong API key (the SDK raises ``AuthenticationError``)
     400  a query that does not parse or validate, or variables of the wrong type, with ``errors``
     200  everything else, business failures included: ``{"errors": [{"message", "path",
-         "extensions": {"code": "RUNPOD"}}], "data": {"<field>": null}}``
+         "extensions": {"code": "RUNPOD"}}], "data": {"<field>": null}}`` (capacity, balance, not found)
     500  the ``internal`` fault: "Something went wrong..." with code INTERNAL_SERVER_ERROR
-    429  the ``rate_limit`` fault, with ``Retry-After: 1``
+    502  the ``gateway`` fault: Cloudflare's HTML page, not JSON
+    429  the ``rate_limit`` fault (an ``errors`` body) or ``rate_limit_recorded`` (the bare ``{"message"}``
+         body RunPod was seen sending), with ``Retry-After: 1``
+
+Every call is counted in ``emulator.requests`` under the operations of its root fields (``operations.py``),
+before the key is checked, so ``/_admin/requests`` shows what a client tried, refused or not.
 """
 
 from __future__ import annotations
@@ -34,13 +39,34 @@ from starlette.responses import JSONResponse, Response
 
 from runpod_emulator.auth import UNAUTHORIZED_BODY, graphql_key_ok
 from runpod_emulator.emulator import Emulator
+from runpod_emulator.errors import FleetError
 from runpod_emulator.faults import FaultKind, Hit
-from runpod_emulator.fleet import NO_INSTANCES, NOT_ENOUGH_FREE_GPUS, FleetError
+from runpod_emulator.messages import (
+    GATEWAY_HTML,
+    INTERNAL_ERROR,
+    LOW_BALANCE,
+    NO_CUDA_HOST,
+    NO_INSTANCES,
+    NO_RESOURCES,
+    NOT_ENOUGH_FREE_GPUS,
+    RATE_LIMITED,
+    RATE_LIMITED_BARE,
+)
+from runpod_emulator.operations import GRAPHQL_FIELDS, Api
+from runpod_emulator.schema import GraphQLContext
 
 log = logging.getLogger("runpod_emulator")
 
-INTERNAL_ERROR = "Something went wrong. Please try again later or contact support."
-RATE_LIMITED = "Too Many Requests: rate limit exceeded, retry after 1 seconds"
+__all__ = ["INTERNAL_ERROR", "RATE_LIMITED", "GraphQLEndpoint", "prepare"]
+
+# Faults answered as a business error (HTTP 200 + errors, code RUNPOD) with RunPod's sentence.
+_BUSINESS_FAULTS = {
+    FaultKind.HOST_GPU_BUSY: NOT_ENOUGH_FREE_GPUS,
+    FaultKind.OUT_OF_STOCK: NO_INSTANCES,
+    FaultKind.NO_RESOURCES: NO_RESOURCES,
+    FaultKind.NO_CUDA_HOST: NO_CUDA_HOST,
+    FaultKind.LOW_BALANCE: LOW_BALANCE,
+}
 
 
 def _error(message: str, code: str, path: list[str | int] | None = None) -> dict[str, Any]:
@@ -99,7 +125,7 @@ def _format_result(result: ExecutionResult) -> dict[str, Any]:
 
 
 def _fault_response(hit: Hit) -> Response:
-    """The answer for a fault that stops the call before anything happens."""
+    """The answer for a fault that stops the call before anything happens (or after, for ``applied``)."""
     kind, field = hit.rule.kind, hit.field
     if kind is FaultKind.AUTH:
         return JSONResponse(UNAUTHORIZED_BODY, status_code=401)
@@ -107,16 +133,28 @@ def _fault_response(hit: Hit) -> Response:
         return JSONResponse(
             {"errors": [_error(RATE_LIMITED, "RATE_LIMITED")]}, status_code=429, headers={"Retry-After": "1"}
         )
+    if kind is FaultKind.RATE_LIMIT_RECORDED:
+        return JSONResponse({"message": RATE_LIMITED_BARE}, status_code=429, headers={"Retry-After": "1"})
     if kind is FaultKind.INTERNAL:
-        return _internal_response(field)
-    message = NOT_ENOUGH_FREE_GPUS if kind is FaultKind.HOST_GPU_BUSY else NO_INSTANCES
+        return JSONResponse(
+            {"errors": [_error(INTERNAL_ERROR, "INTERNAL_SERVER_ERROR", [field])], "data": {field: None}},
+            status_code=500,
+        )
+    if kind is FaultKind.GATEWAY:
+        return Response(GATEWAY_HTML, status_code=502, media_type="text/html")
+    message = _BUSINESS_FAULTS[kind]
     return JSONResponse({"errors": [_error(message, "RUNPOD", [field])], "data": {field: None}})
 
 
-def _internal_response(field: str) -> JSONResponse:
-    return JSONResponse(
-        {"errors": [_error(INTERNAL_ERROR, "INTERNAL_SERVER_ERROR", [field])], "data": {field: None}}, status_code=500
-    )
+def _operations(body: object, endpoint: GraphQLEndpoint) -> list[str]:
+    """The operations a request body touches, for counting; [] when it names none (counted as invalid)."""
+    if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+        return []
+    document, _, _ = endpoint.prepare(body["query"])
+    if document is None:
+        return []
+    fields = _root_fields(document, body.get("operationName"))
+    return [GRAPHQL_FIELDS[f].value for f in fields if f in GRAPHQL_FIELDS]
 
 
 def prepare(schema: GraphQLSchema, query: str) -> tuple[DocumentNode | None, list[GraphQLError], str]:
@@ -137,14 +175,20 @@ class GraphQLEndpoint:
         self.schema = schema
         # $variables clients send the same text every time; parsing and validating it once saves most of the
         # cost of a request. Documents are immutable, so sharing them is safe.
-        self._prepare = functools.lru_cache(maxsize=256)(functools.partial(prepare, schema))
+        self.prepare = functools.lru_cache(maxsize=256)(functools.partial(prepare, schema))
 
     async def __call__(self, request: Request) -> Response:
         emulator: Emulator = request.app.state.emulator
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        emulator.requests.count(Api.GRAPHQL, _operations(body, self))
         if not graphql_key_ok(request, emulator.settings):
             return JSONResponse(UNAUTHORIZED_BODY, status_code=401)
         try:
-            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError
             query, variables = body["query"], body.get("variables")
             operation_name = body.get("operationName")
             if not isinstance(query, str) or not isinstance(variables, dict | None):
@@ -153,7 +197,7 @@ class GraphQLEndpoint:
             message = 'The body must be JSON: {"query": string, "variables"?: object, "operationName"?: string}.'
             return JSONResponse({"errors": [_error(message, "BAD_REQUEST")]}, status_code=400)
 
-        document, errors, code = self._prepare(query)
+        document, errors, code = self.prepare(query)
         if document is None:
             return _bad_request(errors, code)
 
@@ -169,16 +213,18 @@ class GraphQLEndpoint:
             if not hit.rule.applies_operation:
                 return _fault_response(hit)
 
+        never_boot = hit is not None and hit.rule.kind is FaultKind.NO_RUNTIME
+        context = GraphQLContext(emulator, never_boot)
         result = execute(
-            self.schema, document, context_value=emulator, variable_values=variables, operation_name=operation_name
+            self.schema, document, context_value=context, variable_values=variables, operation_name=operation_name
         )
         if inspect.isawaitable(result):
             result = await result
         if result.data is None and result.errors:  # variable coercion failed: nothing ran
             return _bad_request(list(result.errors), "BAD_USER_INPUT")
 
-        if hit is not None and hit.rule.kind is FaultKind.INTERNAL:
-            return _internal_response(hit.field)  # RunPod can fail a call that did happen
+        if hit is not None and hit.rule.kind in (FaultKind.INTERNAL, FaultKind.GATEWAY):
+            return _fault_response(hit)  # RunPod can fail a call that did happen
         if hit is not None and hit.rule.kind is FaultKind.TIMEOUT:
             await asyncio.sleep(hit.rule.delay)  # a client that gives up first never learns it succeeded
         return JSONResponse(_format_result(result))

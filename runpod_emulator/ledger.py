@@ -3,27 +3,24 @@
 RunPod bills a pod's GPUs from the moment it is rented (boot included) until it stops, and its storage per
 second at rates that depend on whether the pod is running (see ``catalogue.storage_usd_per_hour``). The
 ledger does not know those rules: after every pod transition ``emulator.py`` tells it the pod's new hourly
-rates, and the ledger integrates the old rates over the time that passed. Pure: time is passed in.
+rates, and the ledger keeps each pod's rate history, so the charge of any time range (the whole life for
+``/_admin/bill``, one hour or day for REST's ``/v2/billing/pods``) is the integral of those rates over it.
+Pure: time is passed in.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
-@dataclass(slots=True)
-class _Account:
-    since: float
-    gpu_rate: float = 0.0  # $/h
-    storage_rate: float = 0.0  # $/h
-    gpu_usd: float = 0.0
-    storage_usd: float = 0.0
+@dataclass(frozen=True, slots=True)
+class RateSegment:
+    """Rates in force from ``start`` until the next segment's start (or forever, for the last one)."""
 
-    def accrue(self, now: float) -> None:
-        hours = max(0.0, now - self.since) / 3600.0
-        self.gpu_usd += self.gpu_rate * hours
-        self.storage_usd += self.storage_rate * hours
-        self.since = max(self.since, now)
+    start: float
+    gpu_rate: float  # $/h
+    storage_rate: float  # $/h
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +63,33 @@ class Bill:
 
 class Ledger:
     def __init__(self) -> None:
-        self._accounts: dict[str, _Account] = {}
+        self._history: dict[str, list[RateSegment]] = {}
 
     def set_rates(self, pod_id: str, now: float, gpu_usd_per_h: float, storage_usd_per_h: float) -> None:
-        """Charge the old rates up to ``now``, then bill at the new ones from ``now`` on."""
-        account = self._accounts.setdefault(pod_id, _Account(since=now))
-        account.accrue(now)
-        account.gpu_rate = gpu_usd_per_h
-        account.storage_rate = storage_usd_per_h
+        """Bill at the new rates from ``now`` on; what came before keeps the rates it had."""
+        history = self._history.setdefault(pod_id, [])
+        segment = RateSegment(now, gpu_usd_per_h, storage_usd_per_h)
+        if history and history[-1].start >= now:
+            history[-1] = RateSegment(history[-1].start, gpu_usd_per_h, storage_usd_per_h)  # same instant
+        elif not history or (history[-1].gpu_rate, history[-1].storage_rate) != (gpu_usd_per_h, storage_usd_per_h):
+            history.append(segment)
+
+    def pod_ids(self) -> list[str]:
+        return list(self._history)
+
+    def charge(self, pod_id: str, start: float, end: float) -> PodCharge:
+        """What the pod was charged in ``[start, end)``."""
+        gpu = storage = 0.0
+        history = self._history.get(pod_id, [])
+        for i, segment in enumerate(history):
+            until = history[i + 1].start if i + 1 < len(history) else math.inf
+            hours = max(0.0, min(until, end) - max(segment.start, start)) / 3600.0
+            gpu += segment.gpu_rate * hours
+            storage += segment.storage_rate * hours
+        return PodCharge(gpu, storage)
 
     def bill(self, now: float) -> Bill:
-        charges = {}
-        for pod_id, account in self._accounts.items():
-            account.accrue(now)
-            charges[pod_id] = PodCharge(account.gpu_usd, account.storage_usd)
-        return Bill(charges)
+        return Bill({pod_id: self.charge(pod_id, -math.inf, now) for pod_id in self._history})
 
     def clear(self) -> None:
-        self._accounts.clear()
+        self._history.clear()

@@ -9,7 +9,9 @@ process needs it to start at all.
 Each process leads its own process group (``start_new_session``), so stopping a pod signals everything it
 spawned: SIGTERM, then SIGKILL after the grace period. Output goes to ``<log_dir>/<pod_id>.log`` (appended
 across restarts) so no pipe can fill up. Exits are awaited through a pidfd on the event loop rather than a
-thread per child, so hundreds of pods stay cheap.
+thread per child, so hundreds of pods stay cheap. A process that exits without being stopped (a server that
+failed to start, a crash) is reported through ``take_exits``, and what remains of its group is killed;
+``read_output`` hands out the log file's new complete lines for REST's logs endpoint.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class ProcessRunner:
         self._host = host
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._reapers: set[asyncio.Task[None]] = set()
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._exits: list[tuple[str, int | None]] = []
+        self._read_at: dict[str, int] = {}  # log file offset up to the last complete line handed out
 
     def _environment(self, launch: PodLaunch) -> dict[str, str]:
         env = {**os.environ, **dict(launch.env)}
@@ -101,9 +106,41 @@ class ProcessRunner:
     async def start(self, launch: PodLaunch) -> None:
         proc = self._spawn(launch)
         self._procs[launch.pod_id] = proc
+        watcher = asyncio.create_task(self._watch(launch.pod_id, proc), name=f"watch-pod-{launch.pod_id}")
+        self._watchers[launch.pod_id] = watcher
         log.info("pod %s: started process %d (%s)", launch.pod_id, proc.pid, self._command[0])
 
+    async def _watch(self, pod_id: str, proc: subprocess.Popen[bytes]) -> None:
+        """Notice a process that ends by itself; a stop cancels this first, so what ends here was not asked to."""
+        await wait_exit(proc)
+        if self._procs.get(pod_id) is proc:
+            del self._procs[pod_id]
+            self._watchers.pop(pod_id, None)
+            _signal_group(proc, signal.SIGKILL)  # whatever it spawned must not outlive the container
+            self._exits.append((pod_id, proc.returncode))
+            log.warning("pod %s: process %d exited by itself with %s", pod_id, proc.pid, proc.returncode)
+
+    def take_exits(self) -> list[tuple[str, int | None]]:
+        exits, self._exits = self._exits, []
+        return exits
+
+    def read_output(self, pod_id: str) -> list[str]:
+        path = self.log_path(pod_id)
+        offset = self._read_at.get(pod_id, 0)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        complete = data.rfind(b"\n") + 1  # a line still being written waits for the next call
+        self._read_at[pod_id] = offset + complete
+        return data[:complete].decode("utf-8", "replace").splitlines()
+
     async def stop(self, pod_id: str) -> None:
+        watcher = self._watchers.pop(pod_id, None)
+        if watcher is not None:
+            watcher.cancel()
         proc = self._procs.pop(pod_id, None)
         if proc is None:
             return
@@ -140,4 +177,7 @@ class ProcessRunner:
     async def aclose(self) -> None:
         for pod_id in list(self._procs):
             await self.stop(pod_id)
-        await asyncio.gather(*self._reapers, return_exceptions=True)
+        watchers = list(self._watchers.values())
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._reapers, *watchers, return_exceptions=True)

@@ -7,6 +7,9 @@ makes that visible on the network. Two implementations, chosen by ``--runner``:
   loop; cheap enough for hundreds of pods.
 - ``ProcessRunner`` (``process.py``): one real OS process per running pod (by default ``gpu_server``).
 
+A runner also hands the emulator what the pod's process wrote (``read_output``, served by REST's logs
+endpoint) and which processes ended by themselves (``take_exits``: the pod then shows ``ERROR``).
+
 Which port is served: the pod's private port 8000 if it declares one (tcp or http), otherwise its first
 declared port; a pod with no ports runs but serves nothing. Every declared port still gets its own fresh
 local public port at each start, like RunPod's TCP port mappings.
@@ -19,7 +22,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from runpod_emulator.fleet import PortSpec
+from runpod_emulator.spec import PortSpec
 
 SERVICE_PORT = 8000  # gpu_server's private port
 
@@ -71,6 +74,14 @@ class PodRunner(Protocol):
 
     async def stop(self, pod_id: str) -> None:
         """Stop serving the pod. Returns promptly; slow clean-up may continue in an owned task."""
+        ...
+
+    def read_output(self, pod_id: str) -> list[str]:
+        """Complete lines the pod's process wrote since the last call (kept across stops and restarts)."""
+        ...
+
+    def take_exits(self) -> list[tuple[str, int | None]]:
+        """Pods whose process ended by itself (not stopped) since the last call, with their exit codes."""
         ...
 
     def describe(self, pod_id: str) -> dict[str, object]:

@@ -5,6 +5,9 @@ so inline literals (``cloudType: ALL``, ``dataCenterId: null``) and ``$variables
 are validation errors (HTTP 400), and only the selected fields come back. Arguments and input fields are
 declared nullable where clients disagree (``PodFilter`` vs ``PodFilter!``), as the reference advises.
 
+The context value is a ``GraphQLContext``: the emulator, and whether an injected ``no_runtime`` fault asks
+the pod this call creates or resumes never to get a runtime.
+
 Resolvers turn ``fleet.Pod`` objects into plain dicts in RunPod's wire shape; graphql-core's default resolver
 then picks the selected keys (and calls a value that is a function with the field's arguments, which is
 how ``lowestPrice(input:)`` and ``myself.pods`` are computed only when asked for).
@@ -12,13 +15,16 @@ how ``lowestPrice(input:)`` and ``myself.pods`` are computed only when asked for
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import GraphQLResolveInfo, GraphQLSchema, build_schema
 
+from runpod_emulator.addressing import PortMapping, reported_ports, stale_ports
 from runpod_emulator.catalogue import CATALOGUE, CloudType, GpuType
 from runpod_emulator.emulator import Emulator
 from runpod_emulator.fleet import Pod, PodSpec, PodState
+from runpod_emulator.stock import stock_level
 
 SDL = """
 scalar Void
@@ -85,30 +91,41 @@ type Mutation {
 """
 
 
+@dataclass(frozen=True, slots=True)
+class GraphQLContext:
+    emulator: Emulator
+    never_boot: bool = False  # a no_runtime fault hit this call
+
+
 def _emulator(info: GraphQLResolveInfo) -> Emulator:
-    return info.context
+    return info.context.emulator
+
+
+def _port_view(m: PortMapping) -> dict[str, Any]:
+    # tcp ports are directly reachable (isIpPublic); http ports sit behind RunPod's proxy, so they are
+    # reported as internal (served on loopback too unless http_proxy_only is set).
+    return {"ip": m.ip, "isIpPublic": m.is_ip_public, "privatePort": m.spec.private, "publicPort": m.public,
+            "type": m.spec.kind}
 
 
 def pod_view(pod: Pod, emulator: Emulator) -> dict[str, Any]:
-    """A pod as RunPod's GraphQL ``Pod`` type returns it."""
+    """A pod as RunPod's GraphQL ``Pod`` type returns it.
+
+    ``runtime`` is null until the container runs, and while a pod whose container died sits in ERROR
+    (GraphQL has no such state: ``desiredStatus`` stays RUNNING, the intent). Its ports list stays empty
+    for ``ports_delay_seconds`` after the runtime appears. With ``stale_exited_ports`` an EXITED pod keeps
+    reporting the mappings it had, as RunPod was seen doing; clients must read ``desiredStatus`` first.
+    """
     runtime = None
+    now = emulator.clock.now()
+    settings = emulator.settings
     if pod.state is PodState.RUNNING and pod.booted_at is not None:
-        ip = emulator.settings.pod_host
         runtime = {
-            "uptimeInSeconds": int(emulator.clock.now() - pod.booted_at),
-            "ports": [
-                # tcp ports are directly reachable (isIpPublic); http ports sit behind RunPod's proxy on the
-                # real service, so they are reported as internal, but are still served here on loopback.
-                {
-                    "ip": ip,
-                    "isIpPublic": spec.kind == "tcp",
-                    "privatePort": spec.private,
-                    "publicPort": pod.public_ports[spec.private],
-                    "type": spec.kind,
-                }
-                for spec in pod.ports
-            ],
+            "uptimeInSeconds": int(now - pod.booted_at),
+            "ports": [_port_view(m) for m in reported_ports(pod, settings, now)],
         }
+    elif pod.state is PodState.EXITED and settings.stale_exited_ports and pod.stale_ports:
+        runtime = {"uptimeInSeconds": 0, "ports": [_port_view(m) for m in stale_ports(pod, settings)]}
     return {
         "id": pod.id,
         "name": pod.spec.name,
@@ -166,6 +183,8 @@ def _spec_from_input(data: dict[str, Any]) -> PodSpec:
         min_vcpu=pick("minVcpuCount", 1),
         min_memory_gb=pick("minMemoryInGb", 1),
         template_id=data.get("templateId"),
+        allowed_cuda_versions=tuple(data.get("allowedCudaVersions") or ()),
+        data_center_ids=(data["dataCenterId"],) if data.get("dataCenterId") else (),
     )
 
 
@@ -173,18 +192,15 @@ def _gpu_type_view(gpu: GpuType, emulator: Emulator) -> dict[str, Any]:
     def lowest_price(_info: GraphQLResolveInfo, input: dict[str, Any] | None = None) -> dict[str, Any]:
         args = input or {}
         wanted = args.get("gpuCount") or 1
-        machines = [m for m in emulator.fleet.machines.values() if m.gpu_type is gpu]
-        total = sum(m.gpus for m in machines)
-        free = sum(m.free for m in machines)
-        ratio = free / total if total else 0.0
-        stock = "High" if ratio >= 0.5 else "Medium" if ratio >= 0.2 else "Low" if free else None
+        machines = emulator.fleet.machines_of(gpu.id)
         price = gpu.lowest_price(args.get("secureCloud"))
+        stock = stock_level(machines, wanted, offered=price is not None)
         return {
             "gpuTypeId": gpu.id,
             "gpuName": gpu.display_name,
             "uninterruptablePrice": price,
             "minimumBidPrice": None if price is None else round(price * 0.6, 3),
-            "stockStatus": stock if any(m.free >= wanted for m in machines) else None,
+            "stockStatus": stock.graphql,
             "availableGpuCounts": [n for n in (1, 2, 4, 8) if any(m.free >= n for m in machines)],
             "minVcpu": float(gpu.vcpu_per_gpu * wanted),
             "minMemory": float(gpu.ram_gb_per_gpu * wanted),
@@ -223,13 +239,14 @@ def _gpu_types(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any] | Non
 
 async def _create(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any] | None = None) -> dict[str, Any]:
     emulator = _emulator(info)
-    return pod_view(await emulator.create(_spec_from_input(input or {})), emulator)
+    pod = await emulator.create(_spec_from_input(input or {}), never_boot=info.context.never_boot)
+    return pod_view(pod, emulator)
 
 
 async def _resume(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any] | None = None) -> dict[str, Any]:
     emulator = _emulator(info)
     args = input or {}
-    pod = await emulator.resume(args.get("podId") or "", args.get("gpuCount") or 0)
+    pod = await emulator.resume(args.get("podId") or "", args.get("gpuCount") or 0, never_boot=info.context.never_boot)
     return pod_view(pod, emulator)
 
 
@@ -243,7 +260,7 @@ async def _terminate(_root: Any, info: GraphQLResolveInfo, input: dict[str, Any]
 
 
 def build() -> GraphQLSchema:
-    """The schema with resolvers attached; the GraphQL context value must be the ``Emulator``."""
+    """The schema with resolvers attached; the GraphQL context value must be a ``GraphQLContext``."""
     schema = build_schema(SDL)
     query, mutation = schema.query_type, schema.mutation_type
     assert query is not None and mutation is not None

@@ -57,7 +57,7 @@ class EmulatorServer:
             log_level=log_level,
             log_config=None,
             access_log=False,
-            ws="none",
+            ws="websockets-sansio",  # the pod proxy relays WebSockets
             lifespan="on",
             # A request held by the ``timeout`` fault must not hold up shutdown.
             timeout_graceful_shutdown=1,

@@ -3,7 +3,9 @@
 The answer imitates gpu_server: 503 ``{"status": "loading"}`` until the load delay has passed since boot
 (read from the injected clock), then 200 with the server's shape; a pod made sick (``set_sick``, the admin
 API's ``/pods/{id}/sick``) answers 503 ``{"status": "error"}`` while RunPod still reports it RUNNING, like
-a gpu_server that crashed inside its container. All pods share the emulator's event loop:
+a gpu_server that crashed inside its container. Its "container output" (``read_output``) is two lines: one at
+boot and one once the models are loaded. A simulated pod never exits by itself; the admin API's crash route
+makes it (the emulator stops it and records the last words). All pods share the emulator's event loop:
 one ``asyncio`` listener per pod and a minimal HTTP/1.1 responder (one request per connection), so hundreds
 of pods cost a few file descriptors each and no threads.
 """
@@ -42,6 +44,7 @@ class SimulatedRunner:
         self._ready_at: dict[str, float] = {}
         self._sick: set[str] = set()
         self._connections: set[asyncio.Task[None]] = set()
+        self._output: dict[str, list[tuple[float, str]]] = {}  # lines not handed out yet, with when they appear
 
     def _ready(self, pod_id: str) -> bool:
         return self._clock.now() >= self._ready_at[pod_id]
@@ -49,8 +52,15 @@ class SimulatedRunner:
     async def start(self, launch: PodLaunch) -> None:
         port = launch.service_public_port
         if port is None:
+            self._output.setdefault(launch.pod_id, []).append((launch.booted_at, "simulated pod: no port to serve"))
             return
-        self._ready_at[launch.pod_id] = launch.booted_at + self._load_seconds
+        ready_at = self._ready_at[launch.pod_id] = launch.booted_at + self._load_seconds
+        self._output.setdefault(launch.pod_id, []).extend(
+            [
+                (launch.booted_at, f"simulated gpu_server: listening on port {port}, loading models"),
+                (ready_at, "simulated gpu_server: models loaded, /health answers 200"),
+            ]
+        )
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
@@ -92,7 +102,23 @@ class SimulatedRunner:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
+    def read_output(self, pod_id: str) -> list[str]:
+        now = self._clock.now()
+        pending = self._output.get(pod_id, [])
+        due = [line for at, line in pending if at <= now]
+        later = [(at, line) for at, line in pending if at > now]
+        if later:
+            self._output[pod_id] = later
+        else:
+            self._output.pop(pod_id, None)
+        return due
+
+    def take_exits(self) -> list[tuple[str, int | None]]:
+        return []
+
     async def stop(self, pod_id: str) -> None:
+        due = self.read_output(pod_id)  # what was written before the stop stays; what was not never will be
+        self._output[pod_id] = [(float("-inf"), line) for line in due]
         self._ready_at.pop(pod_id, None)
         server = self._servers.pop(pod_id, None)
         if server is not None:

@@ -1,7 +1,10 @@
 """Fixtures: a real emulator on a loopback port, and the runpod SDK pointed at it.
 
 ``start_emulator`` runs the server on its own thread, because the SDK is synchronous; async tests that
-need the server in their own loop use ``EmulatorServer`` directly.
+need the server in their own loop use ``EmulatorServer`` directly. ``rest(server)`` is an httpx client for
+REST v2 whose every answer is checked against RunPod's published contract (``contract.py``). Tests run under
+a generous REST rate-limit policy, so the headers are there to check but no test is throttled unless it
+sets its own policy.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from runpod_emulator.clock import Clock
 from runpod_emulator.server import EmulatorServer
 from runpod_emulator.settings import EmulatorSettings
 
+from .contract import ContractChecker, rest_client
+
 API_KEY = "test-key"
 RTX_4090 = "NVIDIA GeForce RTX 4090"
+GENEROUS_RATE_LIMIT = "100000/minute,1000000/hour"
 
 
 def make_settings(**overrides: Any) -> EmulatorSettings:
@@ -30,6 +36,7 @@ def make_settings(**overrides: Any) -> EmulatorSettings:
         "seed": 7,
         "machines_per_type": 2,
         "gpus_per_machine": 4,
+        "rate_limit": GENEROUS_RATE_LIMIT,
     }
     return EmulatorSettings(**{**defaults, **overrides})
 
@@ -74,6 +81,15 @@ def graphql(
     return httpx.post(
         f"{server.url}/graphql", json={"query": query, "variables": variables}, headers=headers, timeout=timeout
     )
+
+
+def rest(
+    server: EmulatorServer, key: str | None = API_KEY, checker: ContractChecker | None = None, **kwargs: Any
+) -> httpx.Client:
+    """A REST v2 client for the server; every answer it receives is checked against RunPod's contract."""
+    if checker is None:
+        checker = ContractChecker(rate_limited=not server.emulator.rate_limiter.policy.off)
+    return rest_client(server.url, key, checker, **kwargs)
 
 
 def admin_pod(server: EmulatorServer, pod_id: str) -> dict[str, Any]:

@@ -39,9 +39,33 @@ def test_help_on_every_command():
         "--gpus-per-machine",
         "--command",
         "--log-dir",
+        "--resume-boot-seconds",
+        "--ports-delay-seconds",
+        "--rate-limit",
+        "--tenant-take-per-hour",
+        "--tenant-release-per-hour",
+        "--stale-exited-ports",
+        "--http-proxy-only",
     ):
         assert flag in serve.stdout
     assert "EMULATOR_" in serve.stdout
+
+
+def test_fidelity_flags_reach_the_settings(monkeypatch):
+    from runpod_emulator.cli import _parser, settings_from_args
+
+    monkeypatch.setenv("EMULATOR_PORTS_DELAY_SECONDS", "25")
+    args = _parser().parse_args(
+        ["serve", "--resume-boot-seconds", "20", "--rate-limit", "10/minute", "--tenant-take-per-hour", "3",
+         "--tenant-release-per-hour", "1", "--stale-exited-ports", "--http-proxy-only"]
+    )
+    settings = settings_from_args(args)
+    assert (settings.resume_boot_seconds, settings.ports_delay_seconds, settings.rate_limit) == (20, 25, "10/minute")
+    assert (settings.tenant_take_per_hour, settings.tenant_release_per_hour) == (3, 1)
+    assert settings.stale_exited_ports and settings.http_proxy_only
+    plain = settings_from_args(_parser().parse_args(["serve"]))
+    assert not plain.stale_exited_ports and not plain.http_proxy_only  # unset flags leave the defaults
+    assert run("serve", "--rate-limit", "lots").returncode == 2
 
 
 def test_bad_settings_are_refused():

@@ -117,6 +117,23 @@ class EmulatorAdmin:
         response = await self.http.post("/_admin/faults", json=rule)
         assert response.status_code == 201, response.text
 
+    async def clear_faults(self) -> None:
+        assert (await self.http.delete("/_admin/faults")).status_code == 200
+
+    async def crash(self, pod_id: str, line: str, exit_code: int = 1) -> None:
+        response = await self.http.post(f"/_admin/pods/{pod_id}/crash", json={"log": line, "exit_code": exit_code})
+        assert response.status_code == 200, response.text
+
+    async def rate_limit(self, policy: str) -> None:
+        response = await self.http.put("/_admin/rate-limit", json={"policy": policy})
+        assert response.status_code == 200, response.text
+
+    async def requests(self) -> dict:
+        return (await self.http.get("/_admin/requests")).json()
+
+    async def bill(self) -> dict:
+        return (await self.http.get("/_admin/bill")).json()
+
     async def fill(self, machine_id: str) -> None:
         assert (await self.http.post(f"/_admin/machines/{machine_id}/fill")).status_code == 200
 

@@ -80,10 +80,27 @@ async def test_resume_on_a_filled_host_falls_back_to_cold_create(stack):
     assert f'harper_capacity_errors_total{{gpu_type="{GPU_A}",reason="host_gpu_busy"}} 1.0' in metrics
 
 
-async def test_out_of_stock_first_type_falls_back_to_the_next(make_controller, emu):
+async def test_a_type_the_catalog_shows_without_stock_is_skipped_without_a_create(make_controller, emu):
     for machine in await emu.machines():
         if machine["gpu_type_id"] == GPU_A:
             await emu.fill(machine["id"])
+    server = await make_controller()
+    api = Api(server.url)
+    try:
+        sb = await until(lambda: standby_parked(api))
+        assert sb["gpu_type"] == GPU_B
+        requests = (await emu.requests())["by_api"]
+        assert requests["rest"]["ops"]["create_pod"] == 1  # no doomed create on the type without stock
+        assert requests.get("graphql", {}).get("total", 0) == 0  # a default controller speaks REST only
+        metrics = (await api.http.get("/metrics")).text
+        assert f'harper_gpu_stock{{gpu_type="{GPU_A}"}} 0.0' in metrics
+    finally:
+        await api.aclose()
+
+
+async def test_out_of_stock_at_create_falls_back_to_the_next_type(make_controller, emu):
+    # The catalog said there was stock, but it went between the read and the create (RunPod never falls back).
+    await emu.fault(op="create_pod", kind="out_of_stock", count=1)
     server = await make_controller()
     api = Api(server.url)
     try:

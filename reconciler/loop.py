@@ -384,3 +384,4 @@ class Controller:
         for state, count in (await self.store.lease_counts()).items():
             self.metrics.leases.labels(state=state).set(count)
         self.metrics.leases_queued.set(await self.store.queue_length())
+        self.metrics.set_state(self.policy, await self.store.live_pods(), self.provider.budget.as_dict())

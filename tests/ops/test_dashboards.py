@@ -254,6 +254,18 @@ def test_speech_dashboard_selects_and_groups_pods_by_the_stable_pod_label() -> N
     assert problems == []
 
 
+def test_gpu_server_alerts_group_by_pod_not_by_address() -> None:
+    doc = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    (group,) = [g for g in doc["groups"] if g["name"] == "harper-gpu-server"]
+    for rule in group["rules"]:
+        grouping = {label.strip() for labels in _GROUPING.findall(rule["expr"]) for label in labels.split(",")}
+        # a `by` that keeps `instance` would start the alert over (and drop its `for`) on every resume;
+        # `unless on (instance)` only pairs series of one scrape, which is right
+        if " by " in rule["expr"]:
+            assert "pod" in grouping and "instance" not in grouping, rule["alert"]
+        assert "{{ $labels.pod }}" in rule["annotations"]["summary"], rule["alert"]
+
+
 def test_dashboard_uids_are_unique() -> None:
     uids = [json.loads(path.read_text())["uid"] for path in DASHBOARD_FILES]
     assert len(DASHBOARD_FILES) >= 2 and len(uids) == len(set(uids))

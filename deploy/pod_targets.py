@@ -39,12 +39,15 @@ def target_groups(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups = []
     for pod in pods:
         stt = (pod.get("endpoints") or {}).get("stt")
-        if not stt:
+        if not stt or not pod.get("id"):
             continue
         url = urllib.parse.urlsplit(stt)
         if not url.hostname or not url.port:
             continue
-        labels = {"pod": str(pod.get("name") or pod.get("id")), "gpu_type": str(pod.get("gpu_type") or "")}
+        # `pod` is the controller's pod id: unlike the address (`instance`), it survives a stop and resume, so
+        # dashboards and alerts keyed on it follow one pod across its addresses. It is also the id the admin
+        # API takes (GET /v1/pods/{id}).
+        labels = {"pod": str(pod["id"]), "gpu_type": str(pod.get("gpu_type") or "")}
         groups.append({"targets": [f"{url.hostname}:{url.port}"], "labels": labels})
     return sorted(groups, key=lambda g: g["labels"]["pod"])
 

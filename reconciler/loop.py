@@ -414,3 +414,4 @@ class Controller:
         for state in LeaseState:  # every state, zeros included: a gauge left alone keeps its last value
             self.metrics.leases.labels(state=state.value).set(counts.get(state.value, 0))
         self.metrics.leases_queued.set(await self.store.queue_length())
+        self.metrics.set_state(self.policy, await self.store.live_pods(), self.provider.budget.as_dict())

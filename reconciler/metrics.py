@@ -2,13 +2,24 @@
 
 One ``ControllerMetrics`` per app, on its own registry: created in the lifespan, never at import.
 Gauges are set from the state after each reconcile pass; counters are bumped where things happen.
+
+The policy in force is exported too (``harper_policy_*``), so alert rules compare spend with *the* budget and
+expect a standby only where the policy asks for one, instead of thresholds copied from the defaults.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from . import __version__
+from .domain import PodPhase
+
+if TYPE_CHECKING:
+    from .domain import Policy
+    from .tables import PodRow
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -66,6 +77,39 @@ class ControllerMetrics:
         self.orphans = Counter(
             "harper_orphans_collected", "Unknown harper- pods found and handled", ["action"], registry=r
         )
+        self.quota_limit = Gauge(
+            "harper_provider_quota_limit", "RunPod rate-limit calls allowed in each window (RateLimit-Policy)",
+            ["window"], registry=r,
+        )
+        self.pods_unhealthy = Gauge(
+            "harper_pods_unhealthy", "Ready pods whose health checks fail (out of the warm pool until healthy "
+            "again; replaced after unhealthy_timeout_s)", registry=r,
+        )
+        self.policy_budget = Gauge(
+            "harper_policy_budget_dollars_per_hour", "Policy: spend limit in USD per hour (creates stop there)",
+            registry=r,
+        )
+        self.policy_standby = Gauge(
+            "harper_policy_standby_count", "Policy: stopped Ready standby pods to keep", registry=r
+        )
+        self.policy_max_pods = Gauge("harper_policy_max_pods", "Policy: most pods alive at once", registry=r)
+        self.policy_sessions_per_pod = Gauge(
+            "harper_policy_sessions_per_pod", "Policy: leases one pod serves at once", registry=r
+        )
+        self.policy_paused = Gauge(
+            "harper_policy_paused", "Policy: 1 while paused (no pod is created or resumed), else 0", registry=r
+        )
+        self.policy_idle_ttl = Gauge(
+            "harper_policy_idle_ttl_seconds", "Policy: an unleased running pod is stopped after this", registry=r
+        )
+        self.policy_stopped_ttl = Gauge(
+            "harper_policy_stopped_ttl_seconds", "Policy: a surplus stopped pod is terminated after this",
+            registry=r,
+        )
+        self.policy_gpu_types = Gauge(
+            "harper_policy_gpu_type", "Policy: GPU types tried for new pods, value = priority (1 first)",
+            ["gpu_type"], registry=r,
+        )
         self.build_info = Gauge("harper_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         for kind in ("gpu", "storage"):
@@ -78,6 +122,27 @@ class ControllerMetrics:
     def observe_provider(self, api: str, op: str, outcome: str, seconds: float) -> None:
         self.provider_requests.labels(api=api, op=op, outcome=outcome).inc()
         self.provider_duration.labels(op=op).observe(seconds)
+
+    def set_state(
+        self, policy: Policy, pods: Iterable[PodRow], quota: Mapping[str, Mapping[str, float]]
+    ) -> None:
+        """Gauges of what a pass found: the policy in force, unhealthy pods and RunPod's quota per window
+        (``RateBudget.as_dict()``; empty where the API reports none, as GraphQL)."""
+        self.policy_budget.set(policy.budget_usd_per_hour)
+        self.policy_standby.set(policy.standby_count)
+        self.policy_max_pods.set(policy.max_pods)
+        self.policy_sessions_per_pod.set(policy.sessions_per_pod)
+        self.policy_paused.set(1 if policy.paused else 0)
+        self.policy_idle_ttl.set(policy.idle_ttl_s)
+        self.policy_stopped_ttl.set(policy.stopped_ttl_s)
+        self.policy_gpu_types.clear()  # a type dropped from the policy must not linger
+        for rank, gpu_type in enumerate(policy.gpu_types, start=1):
+            self.policy_gpu_types.labels(gpu_type=gpu_type).set(rank)
+        self.pods_unhealthy.set(
+            sum(1 for pod in pods if pod.phase == PodPhase.READY and pod.unhealthy_since is not None)
+        )
+        for window, state in quota.items():
+            self.quota_limit.labels(window=window).set(state["quota"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

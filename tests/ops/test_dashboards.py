@@ -236,6 +236,36 @@ def test_dashboard_is_grafana_json_with_a_datasource_on_every_panel(path) -> Non
     assert problems == []
 
 
+def test_speech_dashboard_selects_and_groups_pods_by_the_stable_pod_label() -> None:
+    """`instance` is a pod's public address, new on every resume: a dashboard keyed on it splits one pod into
+    several and loses the selection. `pod` (the controller's pod id, from the file_sd sidecar) stays."""
+    dashboard = json.loads((GRAFANA / "harper-speech.json").read_text())
+    assert "pod" in pod_targets().TARGET_LABELS
+    (selector,) = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert selector["name"] == "pod" and selector["query"]["query"].endswith(", pod)")
+    problems = []
+    for where, expr, legend in dashboard_queries(dashboard):
+        if where.startswith("variable"):
+            continue
+        if "instance" in expr + legend:
+            problems.append(f"{where} uses instance: {expr}")
+        if 'pod=~"$pod"' not in expr:
+            problems.append(f"{where} ignores the pod selector: {expr}")
+    assert problems == []
+
+
+def test_gpu_server_alerts_group_by_pod_not_by_address() -> None:
+    doc = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    (group,) = [g for g in doc["groups"] if g["name"] == "harper-gpu-server"]
+    for rule in group["rules"]:
+        grouping = {label.strip() for labels in _GROUPING.findall(rule["expr"]) for label in labels.split(",")}
+        # a `by` that keeps `instance` would start the alert over (and drop its `for`) on every resume;
+        # `unless on (instance)` only pairs series of one scrape, which is right
+        if " by " in rule["expr"]:
+            assert "pod" in grouping and "instance" not in grouping, rule["alert"]
+        assert "{{ $labels.pod }}" in rule["annotations"]["summary"], rule["alert"]
+
+
 def test_dashboard_uids_are_unique() -> None:
     uids = [json.loads(path.read_text())["uid"] for path in DASHBOARD_FILES]
     assert len(DASHBOARD_FILES) >= 2 and len(uids) == len(set(uids))
@@ -245,7 +275,7 @@ def test_dashboard_uids_are_unique() -> None:
 
 
 # Grafana's variables, replaced by something PromQL accepts so promtool can parse the panel queries.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$instance": ".*",
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$pod": ".*",
                      "${datasource}": "prometheus"}
 
 

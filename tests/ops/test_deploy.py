@@ -174,7 +174,7 @@ def pod(pod_id: str, host: str | None, port: int | None) -> dict[str, Any]:
 
 def test_pod_targets_lists_pods_with_endpoints_by_their_current_address() -> None:
     groups = pod_targets().target_groups([pod("7", "203.0.113.7", 40123), pod("3", None, None)])
-    assert groups == [{"targets": ["203.0.113.7:40123"], "labels": {"pod": "harper-7", "gpu_type": "NVIDIA L4"}}]
+    assert groups == [{"targets": ["203.0.113.7:40123"], "labels": {"pod": "7", "gpu_type": "NVIDIA L4"}}]
 
 
 class FakeController(BaseHTTPRequestHandler):
@@ -219,7 +219,9 @@ def test_pod_targets_follows_a_pod_to_its_new_port(controller: str, tmp_path: Pa
     assert out.stat().st_mtime_ns == first, "an unchanged target set is not rewritten"
     FakeController.pods = [pod("7", "203.0.113.9", 41555)]  # stopped and resumed elsewhere
     sidecar.poll_once(controller, FakeController.token, out)
-    assert json.loads(out.read_text())[0]["targets"] == ["203.0.113.9:41555"]
+    (moved,) = json.loads(out.read_text())
+    assert moved["targets"] == ["203.0.113.9:41555"]
+    assert moved["labels"] == {"pod": "7", "gpu_type": "NVIDIA L4"}, "the pod label stays the controller's pod id"
     assert oct(out.stat().st_mode & 0o777) == "0o644"
 
 

@@ -19,7 +19,8 @@ path and the loop's planning state come from there: a statement through the asyn
 of CPU, which at 200 requests/s plus a pass over 1,000 leases was the API's p99. Ended leases and
 terminated pods leave the view and are read from the database when asked for.
 
-Errors: ``StoreError`` (and ``SlotTaken`` for the slot invariant), chained from SQLAlchemy's.
+Errors: ``StoreError``, with ``SlotTaken`` (the slot invariant) and ``DuplicateKey``, chained from
+SQLAlchemy's.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -72,9 +73,27 @@ class DuplicateKey(StoreError):
 # ------------------------------------------------------------------------------------------------- store
 
 
+def async_url(url: str) -> str:
+    """``url`` with an async driver: a bare ``postgresql://`` (or ``postgres://``) URL gets asyncpg, the driver
+    of the ``postgres`` extra (SQLAlchemy's own default differs between versions, and is not always async)."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+asyncpg://" + url.removeprefix(bare)
+    return url
+
+
 def sync_url(url: str) -> str:
     """The synchronous driver URL Alembic uses for an async URL."""
-    return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+    return async_url(url).replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+
+
+def _unusable_url(url: str, e: Exception) -> StoreError:
+    """A driver that is not installed, or a URL SQLAlchemy cannot read: say which, never with the URL's
+    credentials."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    hint = " (install the postgres extra: pip install 'harper-voice-pods[postgres]')" if "postgres" in scheme else ""
+    what = f"a {scheme}:// database URL" if scheme else "the database URL"
+    return StoreError(f"cannot use {what}: {e}{hint}")
 
 
 def migrate(url: str) -> None:
@@ -86,7 +105,10 @@ def migrate(url: str) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
+    try:
+        command.upgrade(cfg, "head")
+    except (ImportError, ArgumentError) as e:  # the engine could not be made: no driver, or a malformed URL
+        raise _unusable_url(url, e) from e
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -106,7 +128,7 @@ class Store:
     them, never change them."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = url = async_url(url)
         self._pods: dict[str, PodRow] = {}  # every pod but terminated ones
         self._leases: dict[str, LeaseRow] = {}  # active leases (pending, ready)
         self._records: dict[str, Lease] = {}  # the same leases as domain records, for the planner
@@ -117,16 +139,22 @@ class Store:
         self._beats: dict[str, tuple[float, float]] = {}  # lease id -> (expires_at, now), not yet written
         self._writing: dict[str, tuple[float, float]] = {}  # the batch being written now
         self._beat_writer: asyncio.Task | None = None
-        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in its busy handler
-        # (milliseconds at a time). So writes queue in-process on one connection instead, while reads use a
-        # pool of their own (WAL lets them run beside the writer). The session already rolls back what it
-        # leaves open; a second reset on return would be a wasted round trip.
-        sqlite = url.startswith("sqlite")
-        self.engine: AsyncEngine = create_async_engine(
-            url, pool_reset_on_return=None, **({"pool_size": 1, "max_overflow": 0} if sqlite else {})
-        )
-        self.reader: AsyncEngine = create_async_engine(url, pool_reset_on_return=None) if sqlite else self.engine
-        if sqlite:
+        # Writes queue in-process on one connection, on every database: the live view applies each write's
+        # rows right after its commit, which matches the database's commit order only if commits cannot
+        # overtake each other. (On PostgreSQL, writers on a pool raced: a row read before another
+        # connection's commit was applied after it.) SQLite has one writer at a time anyway, and a writer
+        # that finds the lock taken sleeps in its busy handler (milliseconds at a time). Reads use a pool
+        # of their own (on SQLite, WAL lets them run beside the writer). The session already rolls back
+        # what it leaves open; a second reset on return would be a wasted round trip.
+        self.sqlite = url.startswith("sqlite")
+        try:
+            self.engine: AsyncEngine = create_async_engine(
+                url, pool_reset_on_return=None, pool_size=1, max_overflow=0
+            )
+            self.reader: AsyncEngine = create_async_engine(url, pool_reset_on_return=None)
+        except (ImportError, ArgumentError, InvalidRequestError) as e:  # InvalidRequestError: a sync-only driver
+            raise _unusable_url(url, e) from e
+        if self.sqlite:
             for engine in (self.engine, self.reader):
                 event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
 
@@ -174,7 +202,7 @@ class Store:
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database file without blocking writers (SQLite only)."""
-        if self.reader is not self.engine:
+        if self.sqlite:
             async with self.reader.connect() as conn:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -184,8 +212,7 @@ class Store:
         except TimeoutError:
             log.error("closing with %d heartbeats not stored", len(self._beats))
         await self.engine.dispose()
-        if self.reader is not self.engine:
-            await self.reader.dispose()
+        await self.reader.dispose()
 
     def session(self) -> AsyncSession:
         """A session for changes (and reads that must see them in the same transaction)."""
@@ -539,7 +566,9 @@ class Store:
             return
         async with self.session() as s:
             for time, obj, reason, message in events:
-                s.add(EventRow(time=time, object=obj, reason=reason, message=message[:1000]))
+                # Messages quote what others wrote (a pod's log tail, RunPod's errors); PostgreSQL stores no NUL.
+                message = message[:1000].replace("\x00", "\ufffd")
+                s.add(EventRow(time=time, object=obj, reason=reason, message=message))
             await s.commit()
             await s.exec(
                 text("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - :keep").bindparams(keep=keep)

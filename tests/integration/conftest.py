@@ -6,19 +6,14 @@ from runpod_emulator.server import EmulatorServer
 from runpod_emulator.settings import EmulatorSettings
 
 from .harness import EMULATOR_KEY, Api, ControllerServer, EmulatorAdmin, controller_settings
-from .postgres import MISSING, PostgresServer, find_bin_dir
+from .postgres import PostgresServer, require_bin_dir
 
 
 @pytest.fixture(scope="session")
 def postgres_server():
     """One throwaway PostgreSQL server for the test session. Skipped where the binaries are missing, but a
     failure in CI (``CI=true``), so that CI cannot pass by skipping."""
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(MISSING + " (CI=true: required)", pytrace=False)
-        pytest.skip(MISSING)
-    server = PostgresServer(bin_dir)
+    server = PostgresServer(require_bin_dir(os.environ))
     try:
         server.start()
         yield server

@@ -1,6 +1,7 @@
 """The controller's ASGI app: the lifespan owns the store, the provider, the metrics and the loop.
 
-``create_app(settings)`` migrates the database, builds a ``RunPodProvider`` from the settings (or takes
+``create_app(settings)`` migrates the database, claims it for this controller (``claim``: a second controller
+on the same database stops with ``StoreLocked``), builds a ``RunPodProvider`` from the settings (or takes
 one for tests), and starts the reconcile loop; shutdown stops them in reverse order.
 """
 
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from . import __version__, api
 from .actuator import PodTemplate
+from .claim import Claimant
 from .loop import Clock, Controller
 from .metrics import ControllerMetrics
 from .provider import Provider, make_provider
@@ -31,7 +33,14 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate, settings.database_url)
-        store = await Store(settings.database_url).open()
+        store = Store(settings.database_url)
+        try:
+            # One controller per database: a second one stops here (StoreLocked), before it acts on anything.
+            await store.claim(Claimant.here(settings.public_url or f"http://{settings.host}:{settings.port}"))
+            await store.open()
+        except BaseException:
+            await store.close()
+            raise
         metrics = ControllerMetrics()
         own_provider = provider is None
         prov = provider or make_provider(

@@ -8,10 +8,10 @@ STAMP  := $(VENV)/.installed
 
 # The virtualenv is rebuilt when pyproject.toml changes (the stamp is older than it).
 $(STAMP): pyproject.toml
-	@echo "==> setting up $(VENV) with .[speech,dev] (first time takes a minute)"
+	@echo "==> setting up $(VENV) with .[speech,postgres,dev] (first time takes a minute)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	@$(PY) -m pip install --progress-bar on -e '.[speech,dev]'
+	@$(PY) -m pip install --progress-bar on -e '.[speech,postgres,dev]'
 	@touch $(STAMP)
 	@echo "==> $(VENV) ready"
 

@@ -1,6 +1,7 @@
 """The controller's ASGI app: the lifespan owns the store, the provider, the metrics and the loop.
 
-``create_app(settings)`` migrates the database, builds the RunPod provider from the settings (REST v2 or
+``create_app(settings)`` migrates the database, claims it for this controller (``claim``: a second controller
+on the same database stops with ``StoreLocked``), builds the RunPod provider from the settings (REST v2 or
 GraphQL; or takes one for tests), says which policy is in force and where each value came from, and starts the
 reconcile loop; shutdown stops them in reverse order. ``/docs`` and ``/redoc`` are served with their assets from
 this process (an offline or firewalled operator reaches no CDN), and the OpenAPI document declares the bearer
@@ -26,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 
 from . import __version__, api
 from .actuator import PodTemplate
+from .claim import Claimant
 from .loop import Clock, Controller
 from .metrics import ControllerMetrics
 from .provider import Provider, make_provider
@@ -44,7 +46,14 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate, settings.database_url)
-        store = await Store(settings.database_url).open()
+        store = Store(settings.database_url)
+        try:
+            # One controller per database: a second one stops here (StoreLocked), before it acts on anything.
+            await store.claim(Claimant.here(settings.public_url or f"http://{settings.host}:{settings.port}"))
+            await store.open()
+        except BaseException:
+            await store.close()
+            raise
         for level, line in policy_report(settings, store.policy):
             log.log(level, "%s", line)
         metrics = ControllerMetrics()

@@ -19,7 +19,12 @@ path and the loop's planning state come from there: a statement through the asyn
 of CPU, which at 200 requests/s plus a pass over 1,000 leases was the API's p99. Ended leases and
 terminated pods leave the view and are read from the database when asked for.
 
-Errors: ``StoreError`` (and ``SlotTaken`` for the slot invariant), chained from SQLAlchemy's.
+One controller per database: ``claim()`` takes the controller lock (``claim`` module) before anything else
+touches the database, a background task renews it, ``close()`` releases it; a store that lost its claim
+refuses writes.
+
+Errors: ``StoreError``, with ``SlotTaken`` (the slot invariant), ``DuplicateKey`` and ``StoreLocked``
+(another controller holds the database), chained from SQLAlchemy's.
 """
 
 from __future__ import annotations
@@ -27,17 +32,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, or_, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from . import claim as claims
 from .domain import (
     ACTIVE_LEASE_STATES,
     ClaimPath,
@@ -70,12 +77,39 @@ class DuplicateKey(StoreError):
     """A lease with that idempotency key exists already."""
 
 
+class StoreLocked(StoreError):
+    """Another controller holds this database, or took it over from this one. ``holder`` names it where known;
+    the message is the one line to show the operator."""
+
+    def __init__(self, message: str, holder: claims.Holder | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 # ------------------------------------------------------------------------------------------------- store
+
+
+def async_url(url: str) -> str:
+    """``url`` with an async driver: a bare ``postgresql://`` (or ``postgres://``) URL gets asyncpg, the driver
+    of the ``postgres`` extra (SQLAlchemy's own default differs between versions, and is not always async)."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+asyncpg://" + url.removeprefix(bare)
+    return url
 
 
 def sync_url(url: str) -> str:
     """The synchronous driver URL Alembic uses for an async URL."""
-    return url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+    return async_url(url).replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+
+
+def _unusable_url(url: str, e: Exception) -> StoreError:
+    """A driver that is not installed, or a URL SQLAlchemy cannot read: say which, never with the URL's
+    credentials."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    hint = " (install the postgres extra: pip install 'harper-voice-pods[postgres]')" if "postgres" in scheme else ""
+    what = f"a {scheme}:// database URL" if scheme else "the database URL"
+    return StoreError(f"cannot use {what}: {e}{hint}")
 
 
 def migrate(url: str) -> None:
@@ -87,7 +121,10 @@ def migrate(url: str) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
+    try:
+        command.upgrade(cfg, "head")
+    except (ImportError, ArgumentError) as e:  # the engine could not be made: no driver, or a malformed URL
+        raise _unusable_url(url, e) from e
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -107,7 +144,7 @@ class Store:
     them, never change them."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = url = async_url(url)
         self._pods: dict[str, PodRow] = {}  # every pod but terminated ones
         self._leases: dict[str, LeaseRow] = {}  # active leases (pending, ready)
         self._records: dict[str, Lease] = {}  # the same leases as domain records, for the planner
@@ -118,16 +155,29 @@ class Store:
         self._beats: dict[str, tuple[float, float]] = {}  # lease id -> (expires_at, now), not yet written
         self._writing: dict[str, tuple[float, float]] = {}  # the batch being written now
         self._beat_writer: asyncio.Task | None = None
-        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in its busy handler
-        # (milliseconds at a time). So writes queue in-process on one connection instead, while reads use a
-        # pool of their own (WAL lets them run beside the writer). The session already rolls back what it
-        # leaves open; a second reset on return would be a wasted round trip.
-        sqlite = url.startswith("sqlite")
-        self.engine: AsyncEngine = create_async_engine(
-            url, pool_reset_on_return=None, **({"pool_size": 1, "max_overflow": 0} if sqlite else {})
-        )
-        self.reader: AsyncEngine = create_async_engine(url, pool_reset_on_return=None) if sqlite else self.engine
-        if sqlite:
+        # the controller lock, once claimed
+        self._token: str | None = None
+        self._clock: Callable[[], float] = time.time
+        self._renew_s = claims.RENEW_S
+        self._renewed_at = 0.0
+        self._lost: StoreLocked | None = None
+        self._renewer: asyncio.Task | None = None
+        # Writes queue in-process on one connection, on every database: the live view applies each write's
+        # rows right after its commit, which matches the database's commit order only if commits cannot
+        # overtake each other. (On PostgreSQL, writers on a pool raced: a row read before another
+        # connection's commit was applied after it.) SQLite has one writer at a time anyway, and a writer
+        # that finds the lock taken sleeps in its busy handler (milliseconds at a time). Reads use a pool
+        # of their own (on SQLite, WAL lets them run beside the writer). The session already rolls back
+        # what it leaves open; a second reset on return would be a wasted round trip.
+        self.sqlite = url.startswith("sqlite")
+        try:
+            self.engine: AsyncEngine = create_async_engine(
+                url, pool_reset_on_return=None, pool_size=1, max_overflow=0
+            )
+            self.reader: AsyncEngine = create_async_engine(url, pool_reset_on_return=None)
+        except (ImportError, ArgumentError, InvalidRequestError) as e:  # InvalidRequestError: a sync-only driver
+            raise _unusable_url(url, e) from e
+        if self.sqlite:
             for engine in (self.engine, self.reader):
                 event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
 
@@ -175,7 +225,7 @@ class Store:
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database file without blocking writers (SQLite only)."""
-        if self.reader is not self.engine:
+        if self.sqlite:
             async with self.reader.connect() as conn:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -184,16 +234,94 @@ class Store:
             await asyncio.wait_for(self.flush(), 10)
         except TimeoutError:
             log.error("closing with %d heartbeats not stored", len(self._beats))
+        await self._release()
         await self.engine.dispose()
-        if self.reader is not self.engine:
-            await self.reader.dispose()
+        await self.reader.dispose()
 
     def session(self) -> AsyncSession:
-        """A session for changes (and reads that must see them in the same transaction)."""
+        """A session for changes (and reads that must see them in the same transaction). Refused once this
+        store's claim on the database is lost, or overdue (``StoreLocked``)."""
+        if self._token is not None:
+            self._check_claim()
         return AsyncSession(self.engine, expire_on_commit=False)
 
     def reading(self) -> AsyncSession:
         return AsyncSession(self.reader, expire_on_commit=False)
+
+    # -- the controller lock (``claim`` module)
+    async def claim(
+        self, me: claims.Claimant, clock: Callable[[], float] = time.time, renew_s: float = claims.RENEW_S
+    ) -> None:
+        """Take this database for this controller before anything else touches it, or raise ``StoreLocked``
+        naming the controller that holds it. The claim is renewed every ``renew_s`` (wall-clock ``clock``)
+        from then on, and released by ``close()``."""
+        now = clock()
+        try:
+            token, replaced = await claims.take(self.engine, me, now, renew_s * claims.STALE_AFTER_RENEWALS)
+        except claims.Refused as e:
+            raise StoreLocked(claims.refusal(e.holder, now), e.holder) from None
+        except RuntimeError as e:
+            raise StoreError(f"could not claim the database: {e}") from e
+        if replaced is not None:
+            log.warning("took over the database from a controller that stopped renewing its claim or is gone: %s",
+                        replaced.describe(now))
+        self._token, self._clock, self._renew_s, self._renewed_at, self._lost = token, clock, renew_s, now, None
+        self._renewer = asyncio.create_task(self._keep_claim(), name="controller-lock-renewal")
+
+    @property
+    def claim_lost(self) -> StoreLocked | None:
+        """Why this store stopped writing, once another controller took the database over."""
+        return self._lost
+
+    async def renew_claim(self) -> None:
+        """Renew this store's claim now (the background task does it every renew period); raises
+        ``StoreLocked`` if another controller has taken the database over."""
+        assert self._token is not None, "renew_claim() before claim()"
+        now = self._clock()
+        if await claims.renew(self.engine, self._token, now):
+            self._renewed_at = now
+            return
+        holder = await claims.read(self.engine)
+        taker = holder.describe(now) if holder is not None else "none holds it now"
+        self._lost = StoreLocked(
+            f"this controller lost the database to another controller ({taker}): it had not renewed its claim "
+            "for too long; it stops writing", holder,
+        )
+        raise self._lost
+
+    def _check_claim(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        overdue = self._clock() - self._renewed_at
+        if overdue > self._renew_s * claims.STALE_AFTER_RENEWALS:
+            # Another controller may have taken the database over by now: write nothing until a renewal shows
+            # that none did (this controller was paused, or cut off from the database, for that long).
+            raise StoreLocked(f"this controller's claim on the database was last renewed {overdue:.0f} s ago; "
+                              "not writing until it is renewed")
+
+    async def _keep_claim(self) -> None:
+        while True:
+            await asyncio.sleep(self._renew_s)
+            try:
+                await self.renew_claim()
+            except StoreLocked as e:
+                log.error("%s", e)
+                return
+            except Exception as e:
+                log.warning("renewing the claim on the database failed (retrying in %.0f s): %s", self._renew_s, e)
+
+    async def _release(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
+        token, self._token = self._token, None
+        if token is None or self._lost is not None:  # not claimed, or the row is another controller's now
+            return
+        try:
+            await claims.release(self.engine, token)
+        except Exception as e:
+            log.warning("could not release the claim on the database (a successor waits until it is stale): %s", e)
 
     # -- policy and GPU types
     @property
@@ -544,6 +672,10 @@ class Store:
                     )
                     await s.commit()
             except Exception as e:
+                if self._lost is not None:  # another controller owns the database now: nothing to retry
+                    log.error("%d heartbeats not stored: %s", len(batch) + len(self._beats), e)
+                    self._beats = {}
+                    return
                 log.error("storing %d heartbeats failed (retrying in 1 s): %s", len(batch), e)
                 self._beats = batch | self._beats
                 await asyncio.sleep(1.0)
@@ -565,7 +697,9 @@ class Store:
             return
         async with self.session() as s:
             for time, obj, reason, message in events:
-                s.add(EventRow(time=time, object=obj, reason=reason, message=message[:1000]))
+                # Messages quote what others wrote (a pod's log tail, RunPod's errors); PostgreSQL stores no NUL.
+                message = message[:1000].replace("\x00", "\ufffd")
+                s.add(EventRow(time=time, object=obj, reason=reason, message=message))
             await s.commit()
             await s.exec(
                 text("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - :keep").bindparams(keep=keep)

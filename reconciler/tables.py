@@ -95,3 +95,19 @@ class SpendRow(SQLModel, table=True):
     key: str = Field(primary_key=True)  # "gpu:<pod id>" | "storage:<pod id>"
     usd: float = 0.0
     seconds: float = 0.0
+
+
+class LockRow(SQLModel, table=True):
+    """The controller lock (``reconciler.claim``): at most one row, id 1."""
+
+    __tablename__ = "controller_lock"
+
+    id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    token: str  # this claim's random id: renewals and the release match on it
+    host: str
+    pid: int
+    process: str = ""  # where the holder's liveness can be checked (``claim.process_key``); "" if unknown
+    api_url: str = ""
+    since: float
+    renewed_at: float
+    stale_after_s: float

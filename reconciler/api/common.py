@@ -36,12 +36,17 @@ class ApiConfig:
     admin_token: str
 
 
+# No control characters in the text a client names things with: PostgreSQL cannot store NUL at all (the
+# request failed with a 500 there, and was stored on SQLite), and the rest only garble logs and events.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
 class LeaseCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    session_id: str = Field(min_length=1, max_length=200)
-    voice_id: str | None = Field(default=None, max_length=200)
-    language: str | None = Field(default=None, max_length=16)
+    session_id: str = Field(min_length=1, max_length=200, pattern=_PRINTABLE)
+    voice_id: str | None = Field(default=None, max_length=200, pattern=_PRINTABLE)
+    language: str | None = Field(default=None, max_length=16, pattern=_PRINTABLE)
 
 
 # Every Policy field, optional: what PATCH /v1/policy takes (the merged policy is validated as a Policy).

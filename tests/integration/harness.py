@@ -50,10 +50,12 @@ class ControllerServer:
         return self.app.state.controller
 
 
-def controller_settings(emulator_url: str, db_path: str, **overrides: Any) -> Settings:
+def controller_settings(emulator_url: str, database: str, **overrides: Any) -> Settings:
+    """Test settings on ``database``: a SQLite file's path, or a database URL."""
+    url = database if "://" in database else f"sqlite+aiosqlite:///{database}"
     values: dict[str, Any] = dict(
         runpod_api_key=EMULATOR_KEY, runpod_api_url=emulator_url,
-        database_url=f"sqlite+aiosqlite:///{db_path}", api_token=COMPANION, admin_token=ADMIN,
+        database_url=url, api_token=COMPANION, admin_token=ADMIN,
         reconcile_interval_s=0.25, gpu_types=f"{GPU_A},{GPU_B}", standby_count=1, idle_ttl_s=1.0,
         stopped_ttl_s=600.0, lease_ttl_s=30.0, health_timeout_s=1.0, provider_timeout_s=5.0,
         create_grace_s=5.0, orphan_grace_s=1.0, resume_backoff_s=30.0, out_of_stock_s=60.0,

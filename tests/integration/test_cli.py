@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+from alembic.script import ScriptDirectory
+
+from reconciler.store import MIGRATIONS_DIR
+
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("HARPER_")}
@@ -42,4 +46,6 @@ def test_migrate_creates_the_schema(tmp_path):
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         version = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-    assert {"pods", "leases", "policy", "gpu_types", "events", "spend"} <= tables and version == "0001"
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert {"pods", "leases", "policy", "gpu_types", "events", "spend", "controller_lock"} <= tables
+    assert version == head

@@ -1,4 +1,5 @@
-"""The controller's REST API: auth scopes, idempotency, bad input, admin overrides, cost and metrics."""
+"""The controller's REST API: auth scopes, idempotency, bad input, admin overrides, cost and metrics; each on a
+SQLite file and on PostgreSQL."""
 
 import pytest
 
@@ -6,6 +7,11 @@ from gpu_server.auth import verify_token
 
 from .harness import ADMIN, COMPANION, Api, until
 from .test_controller_lifecycle import standby_parked
+
+
+@pytest.fixture
+def database_url(any_database):
+    return any_database
 
 
 async def test_auth_scopes(stack):
@@ -48,6 +54,8 @@ async def test_idempotency_key_replays_the_first_response(stack):
         (b'{"session_id": 5}', 422, "invalid_request"),
         (b'{"session_id": ""}', 422, "invalid_request"),
         (b'{"session_id": "a", "surprise": 1}', 422, "invalid_request"),
+        (b'{"session_id": "a\\u0000b"}', 422, "invalid_request"),  # NUL: PostgreSQL cannot store it
+        (b'{"session_id": "s", "voice_id": "v\\u001b[31m"}', 422, "invalid_request"),
         (b"[1, 2]", 422, "invalid_request"),
         (b'{"session_id": "' + b"x" * 70_000 + b'"}', 413, "too_large"),
     ],

@@ -1,34 +1,42 @@
-"""Alembic migrations on a real SQLite file: they build exactly the schema the tables declare, and the
-database (not the code) refuses a second active lease on a slot."""
-
-import sqlite3
+"""Alembic migrations on a real SQLite file and a real PostgreSQL database: they build exactly the schema the
+tables declare, and the database (not the code) refuses a second active lease on a slot."""
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
-from reconciler.store import migrate
+from reconciler.store import migrate, sync_url
 from reconciler.tables import SQLModel
 
 
-def test_migrated_schema_matches_the_tables(tmp_path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
-    migrate(url)
-    migrate(url)  # idempotent: a second start changes nothing
-    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+@pytest.fixture
+def database_url(any_database):
+    return any_database
+
+
+def test_migrated_schema_matches_the_tables(database_url):
+    migrate(database_url)
+    migrate(database_url)  # idempotent: a second start changes nothing
+    engine = create_engine(sync_url(database_url))
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     engine.dispose()
     assert diff == []
 
 
-def test_one_active_lease_per_slot_is_enforced_by_sqlite(tmp_path):
-    migrate(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
-    with sqlite3.connect(tmp_path / "m.db") as conn:
-        insert = ("INSERT INTO leases (id, session_id, state, pod_id, slot, idempotency_key, request_hash, "
-                  "first_response, created_at, expires_at, reason) VALUES (?, 's', ?, 'p1', 0, ?, 'h', '', 0, 0, '')")
-        conn.execute(insert, ("a", "ready", "k1"))
-        conn.execute(insert, ("b", "released", "k2"))  # ended leases do not hold the slot
-        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
-            conn.execute(insert, ("c", "pending", "k3"))
+def test_one_active_lease_per_slot_is_enforced_by_the_database(database_url):
+    migrate(database_url)
+    engine = create_engine(sync_url(database_url))
+    insert = text("INSERT INTO leases (id, session_id, state, pod_id, slot, idempotency_key, request_hash, "
+                  "first_response, created_at, expires_at, reason) "
+                  "VALUES (:id, 's', :state, 'p1', 0, :key, 'h', '', 0, 0, '')")
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert, {"id": "a", "state": "ready", "key": "k1"})
+            conn.execute(insert, {"id": "b", "state": "released", "key": "k2"})  # ended leases do not hold it
+        with pytest.raises(IntegrityError, match=r"ux_leases_active_slot|leases\.pod_id, leases\.slot"), engine.begin() as conn:
+            conn.execute(insert, {"id": "c", "state": "pending", "key": "k3"})
+    finally:
+        engine.dispose()

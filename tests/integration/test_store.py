@@ -1,4 +1,4 @@
-"""The store on a real, migrated SQLite file: its live view (pods, active leases, counts, policy, GPU types
+"""The store on a real, migrated SQLite file and PostgreSQL database: its live view (pods, active leases, counts, policy, GPU types
 held in memory) must always equal what a fresh ``open()`` of the same file reads back, including after
 many writes racing each other the way the API and the reconcile loop do."""
 
@@ -6,21 +6,35 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from reconciler.domain import ClaimPath, IllegalTransition, LeaseState, PodPhase, Policy
-from reconciler.store import DuplicateKey, SlotTaken, Store, migrate
+from reconciler.store import DuplicateKey, SlotTaken, Store, migrate, sync_url
 from reconciler.tables import LeaseRow, PodRow
 
 PHASES = list(PodPhase)
 
 
-async def opened(tmp_path) -> Store:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+@pytest.fixture
+def database_url(any_database):
+    return any_database
+
+
+async def opened(url: str) -> Store:
     await asyncio.to_thread(migrate, url)
     return await Store(url).open()
+
+
+def stored(url: str, sql: str) -> list[tuple]:
+    """Rows read straight from the database, past the store (a separate, synchronous connection)."""
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
 
 
 def pod(pod_id: str, phase: PodPhase = PodPhase.READY, now: float = 100.0) -> PodRow:
@@ -59,8 +73,8 @@ async def assert_view_matches_the_database(store: Store) -> None:
         await fresh.close()
 
 
-async def test_every_write_keeps_the_view_equal_to_the_database(tmp_path):
-    store = await opened(tmp_path)
+async def test_every_write_keeps_the_view_equal_to_the_database(database_url):
+    store = await opened(database_url)
     try:
         await store.get_policy(Policy(standby_count=2))
         await store.add_pod(pod("p1", PodPhase.CREATING))
@@ -73,8 +87,8 @@ async def test_every_write_keeps_the_view_equal_to_the_database(tmp_path):
         await store.heartbeat("l2", 500.0, 103)
         assert (await store.get_lease("l2")).expires_at == 500.0  # at once in the view...
         await store.flush()
-        with sqlite3.connect(tmp_path / "state.db") as conn:  # ...and in the file after the group commit
-            assert conn.execute("SELECT expires_at FROM leases WHERE id = 'l2'").fetchone() == (500.0,)
+        # ...and in the database after the group commit
+        assert stored(database_url, "SELECT expires_at FROM leases WHERE id = 'l2'") == [(500.0,)]
         assert not await store.begin_stop("p2", 104, make_standby=True)  # leased: refused in the statement
         await store.insert_lease(lease("l3"))
         await store.update_pod("p1", [("phase", PodPhase.STOPPED)])
@@ -97,8 +111,8 @@ async def test_every_write_keeps_the_view_equal_to_the_database(tmp_path):
         await store.close()
 
 
-async def test_a_heartbeat_on_an_ended_or_expired_lease_changes_nothing(tmp_path):
-    store = await opened(tmp_path)
+async def test_a_heartbeat_on_an_ended_or_expired_lease_changes_nothing(database_url):
+    store = await opened(database_url)
     try:
         await store.insert_lease(lease("l1"))
         await store.end_lease("l1", LeaseState.RELEASED, "released by the client", 101)
@@ -114,11 +128,11 @@ async def test_a_heartbeat_on_an_ended_or_expired_lease_changes_nothing(tmp_path
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_racing_writes_keep_the_view_equal_to_the_database(tmp_path, seed):
+async def test_racing_writes_keep_the_view_equal_to_the_database(database_url, seed):
     """Random batches of writes run concurrently (as API requests and a pass do); after each batch the view
     must equal a fresh read of the file, and no slot may be held twice."""
     rng = random.Random(seed)
-    store = await opened(tmp_path)
+    store = await opened(database_url)
     pods, leases = [f"p{i}" for i in range(3)], [f"l{i}" for i in range(8)]  # few ids: writes collide
     created: set[str] = set()
     now = 100.0
@@ -172,15 +186,14 @@ async def test_racing_writes_keep_the_view_equal_to_the_database(tmp_path, seed)
             await assert_view_matches_the_database(store)
             held = [(x.pod_id, x.slot) for x in await store.active_leases() if x.pod_id is not None]
             assert len(held) == len(set(held))
-        with sqlite3.connect(tmp_path / "state.db") as conn:
-            total = conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
+        [(total,)] = stored(database_url, "SELECT COUNT(*) FROM leases")
         assert total >= len(created) and sum((await store.lease_counts()).values()) == total
     finally:
         await store.close()
 
 
-async def test_close_stores_the_heartbeats_still_in_flight(tmp_path):
-    store = await opened(tmp_path)
+async def test_close_stores_the_heartbeats_still_in_flight(database_url):
+    store = await opened(database_url)
     await store.insert_lease(lease("l1"))
     for i in range(50):
         await store.heartbeat("l1", 200.0 + i, 101)
@@ -192,8 +205,8 @@ async def test_close_stores_the_heartbeats_still_in_flight(tmp_path):
         await reopened.close()
 
 
-async def test_a_write_that_reads_a_lease_back_keeps_a_heartbeat_not_yet_written(tmp_path):
-    store = await opened(tmp_path)
+async def test_a_write_that_reads_a_lease_back_keeps_a_heartbeat_not_yet_written(database_url):
+    store = await opened(database_url)
     try:
         await store.add_pod(pod("p1"))
         await store.insert_lease(lease("l1"))
@@ -204,5 +217,14 @@ async def test_a_write_that_reads_a_lease_back_keeps_a_heartbeat_not_yet_written
         pods, leases = await store.planning_state()
         assert leases[0].expires_at == 500.0 and leases[0].state == LeaseState.READY
         await assert_view_matches_the_database(store)
+    finally:
+        await store.close()
+
+
+async def test_an_event_quoting_a_nul_byte_is_stored(database_url):
+    store = await opened(database_url)  # a pod's log tail may hold anything; PostgreSQL stores no NUL
+    try:
+        await store.add_events([(100.0, "pod/p1", "PodError", "boot failed: \x00\x01 garbage")])
+        assert [e.message for e in await store.events()] == ["boot failed: \ufffd\x01 garbage"]
     finally:
         await store.close()

@@ -24,8 +24,9 @@ from pathlib import Path
 import httpx
 
 from . import local_pods
-from .client import ControllerError, ControllerUnavailable, LeaseApi, LeaseFailed
+from .lease_api import ControllerError, ControllerUnavailable, LeaseApi, LeaseFailed
 from .local_pods import EMULATOR_FILE
+from .local_server import LocalServerFailed
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
 
@@ -106,7 +107,17 @@ async def _demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     say = (lambda *_: None) if args.json else (lambda msg: print(msg, flush=True))
+    bridge = getattr(args, "bridge", None)
     try:
+        if bridge:
+            from .demo_bridge import bridge_demo, print_bridge_report
+
+            demo = await bridge_demo(url, token, bridge, progress=say)
+            if args.json:
+                print(json.dumps(demo.as_json()))
+            else:
+                print_bridge_report(demo)
+            return 0
         result = await round_trip(url, token, args.text, progress=say)
     except ControllerUnavailable:
         print(f"demo: no controller is reachable at {url}: start one with `python -m reconciler run` "
@@ -115,7 +126,7 @@ async def _demo(args: argparse.Namespace) -> int:
     except ControllerError as e:
         print(f"demo: the controller refused: {e}", file=sys.stderr)
         return 4
-    except (LeaseFailed, TimeoutError, OSError) as e:
+    except (LeaseFailed, LocalServerFailed, TimeoutError, OSError) as e:
         print(f"demo: {type(e).__name__}: {e}", file=sys.stderr)
         return 5
     if args.json:
@@ -199,7 +210,8 @@ async def _standby_then_demo(args: argparse.Namespace, proc: subprocess.Popen, e
                 break
             await asyncio.sleep(0.5)
     print("==> running the demo round trip", file=out, flush=True)
-    demo_args = argparse.Namespace(url=url, token=env["HARPER_API_TOKEN"], text=args.text, json=args.json)
+    demo_args = argparse.Namespace(url=url, token=env["HARPER_API_TOKEN"], text=args.text, json=args.json,
+                                   bridge=args.bridge)
     os.environ["HARPER_API_TOKEN"] = env["HARPER_API_TOKEN"]
     return await _demo(demo_args)
 
@@ -225,6 +237,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--token", help="companion token (default HARPER_API_TOKEN)")
     demo.add_argument("--text", default=DEFAULT_TEXT, help="what to say")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    _bridge_flag(demo)
     demo.set_defaults(func=cmd_demo)
 
     local = sub.add_parser("demo-local", help="start the local stack, run the demo, stop the stack (make demo)")
@@ -234,4 +247,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     local.add_argument("--state-dir", default=str(Path(tempfile.gettempdir()) / "harper-demo"),
                        help="where the demo keeps its database and logs")
     local.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the standby")
+    _bridge_flag(local)
     local.set_defaults(func=cmd_demo_local)
+
+
+def _bridge_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bridge", nargs="?", const="both", choices=["stt", "both"],
+        help="a five-sentence conversation that starts at once on the local CPU gpu_server and moves to the pod "
+             "at an utterance boundary once it is ready (default both: STT and TTS; stt: replies wait for the pod)",
+    )

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 REPLAY_CHUNK_S = 0.2  # replayed audio goes to the pod in chunks this long, as fast as it takes them
 MAX_BUFFER_S = 60.0  # audio kept for a replay at most: an utterance is far shorter (the server splits at 25 s)
 CUT_MARGIN_S = 0.25  # after a final's end: past the server's 0.2 s tail, before its 0.5 s endpoint
+# The pod is ready but the bridge still reports an utterance in progress: after this long, move anyway. It
+# happens when the bridge's VAD took a noise for speech and nothing came of it (no partial, no final). Moving
+# mid-utterance loses nothing either (the pod gets everything from the cut), it only re-does partials.
+MOVE_DEADLINE_S = 10.0
 CONNECT_RETRY_S = 2.0
 CONNECT_ATTEMPTS = 5
 
@@ -264,6 +268,10 @@ class BridgedStt:
             return
         log.error("%s: pod %s unreachable: the stream stays on the bridge", self.name, route.pod_id)
 
+    async def _deadline(self, conn: SttConnection) -> None:
+        await asyncio.sleep(MOVE_DEADLINE_S)
+        await self._inbox.put(("deadline", conn))
+
     async def _pump(self) -> None:
         """The one place events are delivered and moves happen, so both see the same order of messages."""
         while True:
@@ -276,6 +284,13 @@ class BridgedStt:
                     continue
                 self._ready_pod, self._pod_route = conn, route
                 if not self._in_utterance:
+                    await self._move()
+                else:
+                    self._spawn(self._deadline(conn), f"{self.name}-move-deadline")
+            elif kind == "deadline":
+                if self._ready_pod is item[1]:
+                    log.warning("%s: no utterance boundary %.0f s after the pod was ready; moving now",
+                                self.name, MOVE_DEADLINE_S)
                     await self._move()
             elif kind == "no_pod":
                 self._buffer = None

@@ -73,12 +73,13 @@ class BridgedTts:
                 if self._on_route is not None:
                     self._on_route(route.server, previous, self.spoken + 1)
             self.spoken += 1
-            number = self.spoken
+            number, conn = self.spoken, self._conn
             try:
-                speech = await self._say(self._conn, text, voice_id, on_frame)
+                speech = await self._say(conn, text, voice_id, on_frame)
             except BaseException:
-                await close_quietly(self._conn)  # an unfinished utterance would be in the next one's way
-                self._conn = None
+                await close_quietly(conn)  # an unfinished utterance would be in the next one's way
+                if self._conn is conn:
+                    self._conn = None
                 raise
             return Spoken(text, route.server, number, speech)
 
@@ -88,10 +89,10 @@ class BridgedTts:
             await self._conn.send_cancel(self._speaking)
 
     async def aclose(self) -> None:
-        async with self._lock:
-            if self._conn is not None:
-                await close_quietly(self._conn)
-                self._conn = None
+        """Close the connection now, without the lock: a reply being voiced ends with ConnectionError."""
+        conn, self._conn, self._server = self._conn, None, None
+        if conn is not None:
+            await close_quietly(conn)
 
     async def _say(self, tts: TtsConnection, text: str, voice_id: str | None, on_frame: FrameSink | None) -> Speech:
         from gpu_server.client import Frame, Speech, SpeechServerError, decode_frames

@@ -61,6 +61,8 @@ class VoicePods:
         self.heartbeat_s = heartbeat_s
         self.fallback_after_s = fallback_after_s
         self.local_fallback = local_fallback
+        if bridge not in (None, *Bridge):
+            raise ValueError(f"bridge must be 'stt', 'both' or None, not {bridge!r}")
         self.bridge = Bridge(bridge) if bridge else None
         self.warm_local = self.bridge is not None if warm_local is None else warm_local
         self.local = LocalGpuServer()
@@ -108,7 +110,12 @@ class VoicePods:
                 bridge: str | None = _POD_DEFAULT) -> contextlib.AbstractAsyncContextManager[VoiceSession]:
         """``async with pods.session(user_id, bridge="stt") as voice``: the lease is released, and every stream
         the session opened is closed, when the block ends."""
-        chosen = self.bridge if bridge is _POD_DEFAULT else (Bridge(bridge) if bridge else None)
+        if bridge is _POD_DEFAULT:
+            chosen = self.bridge
+        elif bridge is None or bridge in tuple(Bridge):
+            chosen = Bridge(bridge) if bridge else None
+        else:
+            raise ValueError(f"bridge must be 'stt', 'both' or None, not {bridge!r}")
 
         @contextlib.asynccontextmanager
         async def hold():

@@ -291,10 +291,10 @@ class VoiceSession:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._waiter = self._beat = None
+        self._settle(None)  # a speak still waiting for the pod gives up now (the session is released)
         for stream in list(self._streams):
             await stream.aclose()
         await self._tts.aclose()
-        self._settle(None)
         lease, self.lease = self.lease, None
         if lease is not None and not lease.id.startswith("local-"):
             with contextlib.suppress(ControllerError, ControllerUnavailable):

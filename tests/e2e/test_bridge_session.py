@@ -163,3 +163,48 @@ async def test_bridge_both_speaks_and_listens_at_once_and_moves_between_replies(
         clips = [Clip(s.text, s.speech.pcm_bytes(), s.speech.sample_rate) for s in spoken]
         assert wer(SENTENCES, finals) <= await reference_wer(pods, clips) + 0.05
     assert not pods.local.running
+
+
+async def test_with_no_pod_a_bridged_session_stays_local_and_closes_what_it_opened(local_stack):
+    stack = await local_stack(HARPER_STANDBY_COUNT="0", HARPER_MAX_PODS="0")  # leases stay pending
+    await controller_up(stack)
+    registry = CollectorRegistry()
+    async with VoicePods(stack.url, COMPANION, bridge="stt", fallback_after_s=4.0, heartbeat_s=1.0,
+                         registry=registry) as pods:
+        await pods.warm()
+        clips = await synthesize(pods.local.route(Server.BRIDGE), SENTENCES[1:3])
+        async with pods.session("nobody-home") as voice:
+            lease_id = voice.lease.id
+            greeting = asyncio.create_task(voice.speak("One moment please."))  # waits for a pod that never comes
+            async with voice.stt(sample_rate=clips[0].sample_rate) as stt:
+                listener = asyncio.create_task(collect(stt))
+
+                async def before(i: int) -> None:
+                    if i == 1:
+                        assert not await voice.wait_for_pod()  # the lease gave up after fallback_after_s
+
+                spans = await play(stt, clips, gap_s=1.2, before=before)
+                await stt.finish()
+                finals = [e for e in await listener if e.type == "final"]
+            reply = await greeting
+            assert voice.fallback and voice.server is Server.FALLBACK
+        check_each_once(finals, [c.text for c in clips], spans)
+        assert [f.server for f in finals] == [Server.BRIDGE, Server.FALLBACK]
+        assert reply.server is Server.FALLBACK and not reply.cancelled
+        assert sample(registry, "harper_client_fallbacks_total", reason="TimeoutError") == 1.0
+        assert sample(registry, "harper_client_bridge_seconds_count") == 0.0
+        lease = (await stack.admin.get(f"/v1/leases/{lease_id}")).json()
+        assert lease["state"] == "released"
+
+        # Leaving a session while its voice still waits for the pod: the wait ends, nothing hangs.
+        pods.fallback_after_s = 600
+        async with pods.session("leaves-early") as voice:
+            waiting = asyncio.create_task(voice.speak("Are you there?"))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            lease_id = voice.lease.id
+        with pytest.raises(RuntimeError, match="released"):
+            await asyncio.wait_for(waiting, 10)
+        assert (await stack.admin.get(f"/v1/leases/{lease_id}")).json()["state"] == "released"
+        assert (await local_streams(pods)) == {"stt": 0, "tts": 0}
+    assert not pods.local.running

@@ -92,6 +92,31 @@ async def test_a_pod_ready_between_utterances_takes_the_next_one_whole(servers):
     check_once(finals, clips, spans)
 
 
+async def test_with_no_boundary_in_sight_the_move_happens_anyway_and_loses_nothing(servers, monkeypatch):
+    # The safety net for a bridge whose VAD heard "speech" that never ends in a final: after the deadline the
+    # stream moves mid-utterance; the pod gets everything from just after the last final, so the utterance
+    # the bridge had begun is transcribed once, by the pod.
+    monkeypatch.setattr("reconciler.bridge.MOVE_DEADLINE_S", 0.3)
+    bridge, pod = servers
+    clips = await synthesize(bridge, [SENTENCES[1], SENTENCES[4], SENTENCES[2]])
+    pod_route: asyncio.Future[Route | None] = asyncio.get_running_loop().create_future()
+    async with BridgedStt(bridge, pod=pod_route, sample_rate=clips[0].sample_rate) as stt:
+        heard = []
+        listener = asyncio.create_task(collect(stt, heard.append))
+
+        async def during(clip: int, fraction: float) -> None:
+            if clip == 1 and fraction >= 0.3 and not pod_route.done():
+                if any(e.type == "speech_started" and e.utterance == 2 for e in heard) or fraction >= 0.6:
+                    pod_route.set_result(pod)
+
+        spans = await play(stt, clips, gap_s=1.5, during=during)
+        await stt.finish()
+        events = await listener
+    finals = [e for e in events if e.type == "final"]
+    assert [f.server for f in finals] == [Server.BRIDGE, Server.POD, Server.POD] and stt.switched_at == 2
+    check_once(finals, clips, spans)
+
+
 async def test_no_pod_keeps_the_stream_where_it_is(servers):
     bridge, _ = servers
     clips = await synthesize(bridge, SENTENCES[:2])

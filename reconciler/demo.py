@@ -26,7 +26,6 @@ import httpx
 from . import local_pods
 from .lease_api import ControllerError, ControllerUnavailable, LeaseApi, LeaseFailed
 from .local_pods import EMULATOR_FILE
-from .local_server import LocalServerFailed
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
 
@@ -109,10 +108,15 @@ async def _demo(args: argparse.Namespace) -> int:
     say = (lambda *_: None) if args.json else (lambda msg: print(msg, flush=True))
     bridge = getattr(args, "bridge", None)
     try:
-        if bridge:
+        if bridge:  # needs the speech side (gpu_server.client), which the controller image does not have
             from .demo_bridge import bridge_demo, print_bridge_report
+            from .local_server import LocalServerFailed
 
-            demo = await bridge_demo(url, token, bridge, progress=say)
+            try:
+                demo = await bridge_demo(url, token, bridge, progress=say)
+            except LocalServerFailed as e:
+                print(f"demo: the local CPU gpu_server (the bridge) did not start: {e}", file=sys.stderr)
+                return 5
             if args.json:
                 print(json.dumps(demo.as_json()))
             else:
@@ -126,7 +130,7 @@ async def _demo(args: argparse.Namespace) -> int:
     except ControllerError as e:
         print(f"demo: the controller refused: {e}", file=sys.stderr)
         return 4
-    except (LeaseFailed, LocalServerFailed, TimeoutError, OSError) as e:
+    except (LeaseFailed, TimeoutError, OSError) as e:
         print(f"demo: {type(e).__name__}: {e}", file=sys.stderr)
         return 5
     if args.json:

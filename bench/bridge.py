@@ -105,8 +105,9 @@ async def first_final(pods: VoicePods, clips: list[Clip], bridge: str | None, n:
             listener = asyncio.create_task(collect(stt, on_event))
 
             async def before(i: int) -> None:
-                if i == 1:  # the second sentence only once the pod is ready: it shows the move
-                    await voice.wait_for_pod()
+                if i == 1:  # the second sentence only once the stream is on the pod: it shows the move
+                    if await voice.wait_for_pod():
+                        await stt.moved.wait()
 
             await play(stt, clips[: 2 if bridge else 1], gap_s=1.5, before=before)
             await stt.finish()

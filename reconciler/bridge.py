@@ -109,6 +109,7 @@ class BridgedStt:
         self._on_switch, self._on_close = on_switch, on_close
         self.server = route.server
         self.switched_at: int | None = None  # first utterance the pod transcribed
+        self.moved = asyncio.Event()  # set once the stream is on the pod
         self.finals = 0
         self._conn: SttConnection | None = None
         self._offset = 0  # stream sample where the current connection's audio starts
@@ -365,6 +366,7 @@ class BridgedStt:
             self.server = Server.POD
             self.switched_at = self.finals + 1
             self._in_utterance = False
+            self.moved.set()
         pod_id = self._pod_route.pod_id if self._pod_route else None
         log.info("%s: moved from the bridge to pod %s at utterance %d (%.2f s of audio replayed)", self.name,
                  pod_id, self.switched_at, len(replay) / 2 / self.sample_rate)

@@ -91,8 +91,9 @@ async def test_bridge_stt_listens_at_once_and_the_voice_waits_for_the_pod(local_
             greeting = asyncio.create_task(voice.speak("Hi, how can I help?"))
 
             async def before(i: int) -> None:
-                if i == 3:  # by now the pod should be ready; if the machine is slow, wait for it
+                if i == 3:  # by now the pod should be ready; if the machine is slow, wait for it (and the move)
                     assert await asyncio.wait_for(voice.wait_for_pod(), 120)
+                    await asyncio.wait_for(stt.moved.wait(), 30)
 
             async with voice.stt(sample_rate=clips[0].sample_rate) as stt:
                 listener = asyncio.create_task(collect(stt))
@@ -142,6 +143,7 @@ async def test_bridge_both_speaks_and_listens_at_once_and_moves_between_replies(
             async def before(i: int) -> None:
                 if i == 3:
                     assert await asyncio.wait_for(voice.wait_for_pod(), 120)
+                    await asyncio.wait_for(stt.moved.wait(), 30)
 
             async with voice.stt(sample_rate=24000) as stt:
                 listener = asyncio.create_task(collect(stt))

@@ -142,7 +142,7 @@ class VoiceSession:
         pods = self._pods
         self._started = time.monotonic()
         self._pod = asyncio.get_running_loop().create_future()
-        self._local, self._released = None, False
+        self._local, self._released, self.wait_s = None, False, 0.0
         self.ready_s = self.bridged_s = self.switched_at = self.tts_switched_at = None
         self.lost.clear()
         try:

@@ -109,6 +109,9 @@ async def _run(settings: Settings) -> None:
             )
             await emulator.start()
             updates |= {"runpod_api_key": key, "runpod_api_url": emulator.url}
+            from .local_pods import publish_emulator  # demo-local watches the pods' processes through it
+
+            emulator_file = publish_emulator(state_dir, emulator.url, key)
         settings = settings.model_copy(update={k: _secret(k, v) for k, v in updates.items()})
         app = create_app(settings)
         config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
@@ -134,6 +137,7 @@ async def _run(settings: Settings) -> None:
     finally:
         if emulator is not None:
             await emulator.stop()
+            emulator_file.unlink(missing_ok=True)
         sock.close()
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import httpx
 
-from .client import ControllerError, ControllerUnavailable, LeaseApi, LeaseFailed
+from . import local_pods
+from .lease_api import ControllerError, ControllerUnavailable, LeaseApi, LeaseFailed
+from .local_pods import EMULATOR_FILE
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
 
@@ -90,6 +92,10 @@ def _print_report(result: dict) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(_demo(args))
+
+
+async def _demo(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     settings = Settings()
@@ -100,8 +106,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     say = (lambda *_: None) if args.json else (lambda msg: print(msg, flush=True))
+    bridge = getattr(args, "bridge", None)
     try:
-        result = asyncio.run(round_trip(url, token, args.text, progress=say))
+        if bridge:  # needs the speech side (gpu_server.client), which the controller image does not have
+            from .demo_bridge import bridge_demo, print_bridge_report
+            from .local_server import LocalServerFailed
+
+            try:
+                demo = await bridge_demo(url, token, bridge, progress=say)
+            except LocalServerFailed as e:
+                print(f"demo: the local CPU gpu_server (the bridge) did not start: {e}", file=sys.stderr)
+                return 5
+            if args.json:
+                print(json.dumps(demo.as_json()))
+            else:
+                print_bridge_report(demo)
+            return 0
+        result = await round_trip(url, token, args.text, progress=say)
     except ControllerUnavailable:
         print(f"demo: no controller is reachable at {url}: start one with `python -m reconciler run` "
               f"(or pass --url)", file=sys.stderr)
@@ -120,9 +141,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_local(args: argparse.Namespace) -> int:
-    """Start the local stack, wait for its standby, run the demo, shut it down."""
+    """Start the local stack, wait for its standby, run the demo, shut it down. A pod whose gpu_server dies
+    (or cannot load its models) ends it at once, with the exit code and the tail of the pod's log."""
     workdir = Path(args.state_dir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / EMULATOR_FILE).unlink(missing_ok=True)  # a previous run's: the watch must see this run's
     port = args.port
     env = dict(os.environ) | {
         "HARPER_PORT": str(port), "HARPER_HOST": "127.0.0.1",
@@ -138,29 +161,8 @@ def cmd_demo_local(args: argparse.Namespace) -> int:
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run"], env=env, stdout=log_file,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    admin = {"Authorization": f"Bearer {env['HARPER_ADMIN_TOKEN']}"}
-    started = time.monotonic()
     try:
-        last = ""
-        while True:
-            if proc.poll() is not None:
-                print(f"demo: the controller exited ({proc.returncode}); see {log_path}", file=sys.stderr)
-                return 1
-            if time.monotonic() - started > args.timeout:
-                print(f"demo: the standby was not ready after {args.timeout:.0f}s; see {log_path}", file=sys.stderr)
-                return 1
-            status = _standby_status(url, admin)
-            if status != last:
-                print(f"    [{time.monotonic() - started:5.1f}s] {status}", file=out, flush=True)
-                last = status
-            if status.startswith("standby ready"):
-                break
-            time.sleep(0.5)
-        print("==> running the demo round trip", file=out, flush=True)
-        demo_args = argparse.Namespace(url=url, token=env["HARPER_API_TOKEN"], text=args.text, json=args.json)
-        os.environ["HARPER_API_TOKEN"] = env["HARPER_API_TOKEN"]
-        return cmd_demo(demo_args)
+        return asyncio.run(_demo_local(args, proc, env, workdir, out))
     finally:
         print("==> shutting the local stack down", file=out, flush=True)
         os.killpg(proc.pid, signal.SIGTERM)
@@ -171,9 +173,56 @@ def cmd_demo_local(args: argparse.Namespace) -> int:
             proc.wait()
 
 
-def _standby_status(url: str, headers: dict[str, str]) -> str:
+async def _demo_local(args: argparse.Namespace, proc: subprocess.Popen, env: dict[str, str], workdir: Path,
+                      out) -> int:
+    """The standby wait and the demo, raced against the pod watch: whichever ends first decides."""
+    work = asyncio.create_task(_standby_then_demo(args, proc, env, workdir, out), name="demo")
+    pods = asyncio.create_task(local_pods.watch(workdir), name="pod-watch")
     try:
-        pods = httpx.get(f"{url}/v1/pods", headers=headers, timeout=2.0).json()["pods"]
+        await asyncio.wait({work, pods}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            return work.result()
+        failure = pods.result()
+        print(f"demo: the demo cannot go on: {failure.report()}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for task in (work, pods):
+            task.cancel()
+        await asyncio.gather(work, pods, return_exceptions=True)
+
+
+async def _standby_then_demo(args: argparse.Namespace, proc: subprocess.Popen, env: dict[str, str],
+                             workdir: Path, out) -> int:
+    url = f"http://127.0.0.1:{args.port}"
+    log_path = workdir / "controller.log"
+    admin = {"Authorization": f"Bearer {env['HARPER_ADMIN_TOKEN']}"}
+    started = time.monotonic()
+    last = ""
+    async with httpx.AsyncClient(timeout=2.0, headers=admin) as http:
+        while True:
+            if proc.poll() is not None:
+                print(f"demo: the controller exited ({proc.returncode}); see {log_path}", file=sys.stderr)
+                return 1
+            if time.monotonic() - started > args.timeout:
+                print(f"demo: the standby was not ready after {args.timeout:.0f}s; see {log_path}", file=sys.stderr)
+                return 1
+            status = await _standby_status(http, url)
+            if status != last:
+                print(f"    [{time.monotonic() - started:5.1f}s] {status}", file=out, flush=True)
+                last = status
+            if status.startswith("standby ready"):
+                break
+            await asyncio.sleep(0.5)
+    print("==> running the demo round trip", file=out, flush=True)
+    demo_args = argparse.Namespace(url=url, token=env["HARPER_API_TOKEN"], text=args.text, json=args.json,
+                                   bridge=args.bridge)
+    os.environ["HARPER_API_TOKEN"] = env["HARPER_API_TOKEN"]
+    return await _demo(demo_args)
+
+
+async def _standby_status(http: httpx.AsyncClient, url: str) -> str:
+    try:
+        pods = (await http.get(f"{url}/v1/pods")).json()["pods"]
     except (httpx.HTTPError, ValueError, KeyError):
         return "waiting for the controller to start"
     if not pods:
@@ -192,6 +241,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--token", help="companion token (default HARPER_API_TOKEN)")
     demo.add_argument("--text", default=DEFAULT_TEXT, help="what to say")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    _bridge_flag(demo)
     demo.set_defaults(func=cmd_demo)
 
     local = sub.add_parser("demo-local", help="start the local stack, run the demo, stop the stack (make demo)")
@@ -201,4 +251,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     local.add_argument("--state-dir", default=str(Path(tempfile.gettempdir()) / "harper-demo"),
                        help="where the demo keeps its database and logs")
     local.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the standby")
+    _bridge_flag(local)
     local.set_defaults(func=cmd_demo_local)
+
+
+def _bridge_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bridge", nargs="?", const="both", choices=["stt", "both"],
+        help="a five-sentence conversation that starts at once on the local CPU gpu_server and moves to the pod "
+             "at an utterance boundary once it is ready (default both: STT and TTS; stt: replies wait for the pod)",
+    )

@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import uvicorn
@@ -81,6 +82,23 @@ def _check_database(url: str) -> None:
                            "(PostgreSQL: pip install 'harper-voice-pods[postgres]')") from e
 
 
+async def _check_lock(url: str) -> None:
+    """Refuse, in one line, to start beside a live controller on the same database (the app claims the lock
+    itself a moment later; this only keeps the refusal out of a trace from inside uvicorn)."""
+    from . import claim
+    from .store import Store
+
+    store = Store(url)
+    try:
+        holder = await claim.read(store.engine)
+    finally:
+        await store.engine.dispose()
+        await store.reader.dispose()
+    now = time.time()
+    if holder is not None and not claim.may_take_over(holder, now, claim.holder_gone(holder)):
+        raise StartupError(claim.refusal(holder, now))
+
+
 async def _run(settings: Settings) -> None:
     from .app import create_app
 
@@ -88,6 +106,7 @@ async def _run(settings: Settings) -> None:
     emulator = None
     try:
         await asyncio.to_thread(_check_database, settings.database_url)
+        await _check_lock(settings.database_url)
         updates: dict[str, object] = {}
         generated = []
         for name in ("api_token", "admin_token"):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+from runpod_emulator.process import die_with_parent
+from runpod_emulator.runner import allocate_port
 
 from . import local_pods
 from .lease_api import ControllerError, ControllerUnavailable, LeaseApi, LeaseFailed
@@ -143,9 +148,14 @@ async def _demo(args: argparse.Namespace) -> int:
 def cmd_demo_local(args: argparse.Namespace) -> int:
     """Start the local stack, wait for its standby, run the demo, shut it down. A pod whose gpu_server dies
     (or cannot load its models) ends it at once, with the exit code and the tail of the pod's log."""
-    workdir = Path(args.state_dir).resolve()
+    # A private directory and a free port unless told: two demos, or anything else on a fixed port, must not
+    # meet (a second demo used to read another stack's status, then fail with a traceback).
+    private = args.state_dir is None
+    workdir = Path(args.state_dir or tempfile.mkdtemp(prefix="harper-demo-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / EMULATOR_FILE).unlink(missing_ok=True)  # a previous run's: the watch must see this run's
+    if args.port is None:
+        args.port = allocate_port("127.0.0.1")
     port = args.port
     env = dict(os.environ) | {
         "HARPER_PORT": str(port), "HARPER_HOST": "127.0.0.1",
@@ -159,18 +169,29 @@ def cmd_demo_local(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json else sys.stdout  # with --json, stdout carries the JSON object only
     print(f"==> starting the local stack (controller log: {log_path})", file=out, flush=True)
     with open(log_path, "w") as log_file:
+        # Its own session (a Ctrl-C meant for the demo reaches it once, through us); SIGTERM if we die, so a
+        # killed demo does not leave the stack and its pods' servers running.
         proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run"], env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent(signal.SIGTERM))
+    code = 1
     try:
-        return asyncio.run(_demo_local(args, proc, env, workdir, out))
+        code = asyncio.run(_demo_local(args, proc, env, workdir, out))
+        return code
     finally:
         print("==> shutting the local stack down", file=out, flush=True)
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if private and code == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif code != 0:
+            print(f"==> logs kept in {workdir}", file=out, flush=True)
 
 
 async def _demo_local(args: argparse.Namespace, proc: subprocess.Popen, env: dict[str, str], workdir: Path,
@@ -201,7 +222,9 @@ async def _standby_then_demo(args: argparse.Namespace, proc: subprocess.Popen, e
     async with httpx.AsyncClient(timeout=2.0, headers=admin) as http:
         while True:
             if proc.poll() is not None:
-                print(f"demo: the controller exited ({proc.returncode}); see {log_path}", file=sys.stderr)
+                last_line = (local_pods.log_tail(str(log_path), 1) or ["(no output)"])[-1]
+                print(f"demo: the controller exited with code {proc.returncode}: {last_line} (log: {log_path})",
+                      file=sys.stderr)
                 return 1
             if time.monotonic() - started > args.timeout:
                 print(f"demo: the standby was not ready after {args.timeout:.0f}s; see {log_path}", file=sys.stderr)
@@ -247,9 +270,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     local = sub.add_parser("demo-local", help="start the local stack, run the demo, stop the stack (make demo)")
     local.add_argument("--text", default=DEFAULT_TEXT, help="what to say")
     local.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
-    local.add_argument("--port", type=int, default=8089, help="controller port for the demo stack")
-    local.add_argument("--state-dir", default=str(Path(tempfile.gettempdir()) / "harper-demo"),
-                       help="where the demo keeps its database and logs")
+    local.add_argument("--port", type=int, default=None,
+                       help="controller port for the demo stack (default: a free one)")
+    local.add_argument("--state-dir", default=None,
+                       help="where the demo keeps its database and logs (default: a new private temporary "
+                            "directory, removed after a successful run)")
     local.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the standby")
     _bridge_flag(local)
     local.set_defaults(func=cmd_demo_local)

@@ -72,16 +72,22 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [line.rstrip() for line in text.splitlines()[-lines:]]
 
 
-def find_failure(pods: list[dict[str, Any]], health: dict[str, dict[str, Any]]) -> PodFailure | None:
+def find_failure(
+    pods: list[dict[str, Any]], health: dict[str, dict[str, Any]], log_dir: Path | None = None
+) -> PodFailure | None:
     """The first pod whose server is dead, from the emulator's admin view and the ``/health`` bodies read
     from each serving pod (``health[pod_id]``). A stopped pod has no runner process, so no returncode: only
-    a process that ended by itself has one."""
+    a process that ended by itself has one, and the emulator keeps its exit code on the pod (``exit_code``)
+    after RunPod's ``ERROR`` and after the controller replaced it (it does so at once)."""
     for pod in pods:
         runner = pod.get("runner") or {}
         code = runner.get("returncode")
+        if code is None:
+            code = pod.get("exit_code")
         if code is not None:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            return PodFailure(pod["id"], f"its gpu_server {how}", runner.get("log"), log_tail(runner.get("log")))
+            path = runner.get("log") or (str(log_dir / f"{pod['id']}.log") if log_dir else None)
+            return PodFailure(pod["id"], f"its gpu_server {how}", path, log_tail(path))
         body = health.get(pod["id"]) or {}
         if body.get("status") == "error":
             what = f"its gpu_server could not load its models: {body.get('error', 'no reason given')}"
@@ -100,7 +106,7 @@ async def watch(state_dir: Path, *, every_s: float = 0.5) -> PodFailure:
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     response = await http.get(f"{url}/_admin/pods", headers={"Authorization": f"Bearer {key}"})
                     pods = response.json() if response.status_code == 200 else []
-                    failure = find_failure(pods, await _health(http, pods))
+                    failure = find_failure(pods, await _health(http, pods), state_dir / "pods")
                     if failure is not None:
                         return failure
             await asyncio.sleep(every_s)

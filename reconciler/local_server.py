@@ -24,6 +24,7 @@ import uuid
 import httpx
 
 from gpu_server.auth import issue_token
+from runpod_emulator.process import die_with_parent
 
 from .bridge import Route, Server
 
@@ -65,7 +66,7 @@ class LocalGpuServer:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gpu_server", "serve", env=env,
                 stdout=self._output, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent(),  # it must not outlive the companion
             )
             deadline = time.monotonic() + self._timeout
             async with httpx.AsyncClient(timeout=2.0) as http:

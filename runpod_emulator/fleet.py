@@ -371,8 +371,7 @@ class Fleet:
         self.machines[pod.machine_id].pod_gpus.pop(pod.id, None)
         if pod.public_ports:
             pod.stale_ports = dict(pod.public_ports)
-        pod.exit_code = None
-        self._clear_runtime(pod)
+        self._clear_runtime(pod)  # ``exit_code`` stays: a crashed pod's last exit (a start clears it)
 
     # Other tenants -------------------------------------------------------------------------------------
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runpod_emulator.runner import PodLaunch
@@ -49,6 +50,28 @@ async def wait_exit(proc: subprocess.Popen[bytes]) -> None:
         loop.remove_reader(pidfd)
         os.close(pidfd)
     proc.wait()  # it has exited: this only reaps it
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel send ``sig`` to the child when the process that started it dies,
+    SIGKILL included (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere it does nothing). A child in its own session
+    is out of reach of the terminal's signals, so without this it outlives a killed parent. Call it on the
+    thread that lives as long as the parent (the event loop's): the kernel ties the signal to that thread."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the prctl: nobody would send the signal
+            os._exit(1)
+
+    return preexec
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -101,6 +124,7 @@ class ProcessRunner:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),  # a SIGKILLed emulator (or controller) takes its pods with it
             )
 
     async def start(self, launch: PodLaunch) -> None:

@@ -169,8 +169,9 @@ class Actuator:
                 message = reason
                 if logs:  # before the terminate: the log goes with the pod
                     tail = await self._log_tail(row.runpod_id)
-                    if tail:
-                        reason = f"{reason}: {tail[-1]}"
+                    if tail:  # the server's own last words say more than RunPod's "container exited"
+                        said = [line for line in tail if not line.startswith("[system] ")] or tail
+                        reason = f"{reason}: {said[-1]}"
                         message = f"{message}; last log lines: " + " | ".join(tail)
                 await self.store.update_pod(pod_id, [("phase", PodPhase.TERMINATING), ("phase_since", now),
                                                      ("reason", reason[:300])])

@@ -154,8 +154,9 @@ def sync_changes(pod: Pod, seen: ObservedPod | None, tuning: Tuning, now: float)
             if pod.runpod_id is None and now - pod.phase_since >= tuning.create_grace_s:
                 want = {"phase": P.FAILED, "reason": "never appeared at RunPod"}
         else:
-            reason = "terminated" if pod.phase == P.TERMINATING else "vanished from RunPod"
-            want = {"phase": P.TERMINATED, "reason": reason, "endpoint_host": None, "endpoint_port": None}
+            want = {"phase": P.TERMINATED, "endpoint_host": None, "endpoint_port": None}
+            if pod.phase != P.TERMINATING:  # a terminate we sent keeps its own reason
+                want["reason"] = "vanished from RunPod"
     else:
         want = {"runpod_id": seen.runpod_id, "cost_per_hr": seen.cost_per_hr or pod.cost_per_hr,
                 "endpoint_host": seen.endpoint_host, "endpoint_port": seen.endpoint_port}

@@ -255,8 +255,9 @@ class RestProvider:
         return offers
 
     async def pod_logs(self, pod_id: str, tail: int = 20, idle_s: float = 1.0, total_s: float = 5.0) -> list[str]:
-        """The last ``tail`` lines of the pod's log. The endpoint is a Server-Sent Events stream that backfills
-        ``tail`` lines and then follows live, so reading stops at ``tail`` lines or when it falls quiet."""
+        """The last ``tail`` lines of the pod's log, RunPod's own (host) lines marked ``[system] ``. The endpoint is
+        a Server-Sent Events stream that backfills ``tail`` lines and then follows live, so reading stops at
+        ``tail`` lines or when it falls quiet."""
         lines: list[str] = []
 
         async def read() -> None:
@@ -270,7 +271,9 @@ class RestProvider:
                         return
                     if raw.startswith("data:"):
                         with contextlib.suppress(ValueError, AttributeError):
-                            lines.append(str(json.loads(raw[5:].strip()).get("line", "")))
+                            event = json.loads(raw[5:].strip())
+                            prefix = "[system] " if event.get("source") == "system" else ""
+                            lines.append(prefix + str(event.get("line", "")))
             finally:
                 await response.aclose()
 

@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_server.engines import DecodeRequest  # noqa: E402
-from gpu_server.settings import Settings  # noqa: E402
+from gpu_server.engines import DecodeRequest
+from gpu_server.settings import Settings
 
 TEXT = "Sure, I can help you with that. Your next meeting starts in ten minutes, so let's get going."
 
@@ -33,9 +33,9 @@ def chatterbox(settings: Settings):
 
     if Path(settings.chatterbox_model_dir, "t3_cfg.safetensors").exists():
         return ChatterboxSynthesizer.load(settings.model_copy(update={"chatterbox_multilingual_dir": ""}), cuda=True), "weights"
-    from tests.gpu_server import test_chatterbox_cpu as cpu
-
     from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
+
+    from tests.gpu_server import test_chatterbox_cpu as cpu
 
     LLAMA_CONFIGS["Llama_test"] = LLAMA_CONFIGS["Llama_520M"]  # full size: random_model's name, real shape
     cpu.chatterbox_stream.N_CFM_TIMESTEPS = 10

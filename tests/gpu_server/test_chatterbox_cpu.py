@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from gpu_server import client, protocol
-from gpu_server.engines import Engines, EngineError
+from gpu_server.engines import EngineError, Engines
 
 from .conftest import make_settings, serve, token
 
@@ -29,13 +29,13 @@ pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch", reason="torch is only in the GPU image's virtualenv (make image-venv)")
 pytest.importorskip("chatterbox", reason="chatterbox-tts is only in the GPU image's virtualenv (make image-venv)")
 
+from gpu_server.engines import chatterbox_stream  # noqa: E402
 from gpu_server.engines.chatterbox import (  # noqa: E402
     ENGLISH,
     MULTILINGUAL,
     ChatterboxSynthesizer,
     upstream_warnings_quiet,
 )
-from gpu_server.engines import chatterbox_stream  # noqa: E402
 from gpu_server.engines.chatterbox_stream import SAMPLE_RATE, TOKEN_RATE  # noqa: E402
 
 # Two flow-matching steps instead of ten: the same calls and shapes at a fifth of the cost on a shared CPU.

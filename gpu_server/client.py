@@ -117,9 +117,11 @@ class TtsConnection(_Connection):
     """One `/ws/tts` connection. ``speak`` waits for its utterance; ``send_*`` and ``events`` are the raw
     protocol for callers that interleave (barge-in)."""
 
-    async def send_speak(self, text: str, *, id: str | None = None, voice_id: str | None = None) -> str:
+    async def send_speak(
+        self, text: str, *, id: str | None = None, voice_id: str | None = None, language: str | None = None
+    ) -> str:
         id = id or uuid.uuid4().hex[:12]
-        await self.ws.send(protocol.encode(protocol.Speak(id=id, text=text, voice_id=voice_id)))
+        await self.ws.send(protocol.encode(protocol.Speak(id=id, text=text, voice_id=voice_id, language=language)))
         return id
 
     async def send_cancel(self, id: str | None = None) -> None:
@@ -135,9 +137,11 @@ class TtsConnection(_Connection):
                 else:
                     yield protocol.parse_tts_server(raw)
 
-    async def speak(self, text: str, *, id: str | None = None, voice_id: str | None = None) -> Speech:
+    async def speak(
+        self, text: str, *, id: str | None = None, voice_id: str | None = None, language: str | None = None
+    ) -> Speech:
         sent_at = time.monotonic()
-        id = await self.send_speak(text, id=id, voice_id=voice_id)
+        id = await self.send_speak(text, id=id, voice_id=voice_id, language=language)
         return await self.collect(id, sent_at)
 
     async def collect(self, id: str, sent_at: float, *, cancel_after_frames: int | None = None) -> Speech:
@@ -178,9 +182,11 @@ def decode_frames(frames: list[Frame], sample_rate: int) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 
 
-async def speak(url: str, token: str | None, text: str, *, voice_id: str | None = None) -> Speech:
+async def speak(
+    url: str, token: str | None, text: str, *, voice_id: str | None = None, language: str | None = None
+) -> Speech:
     async with TtsConnection(url, token) as tts:
-        return await tts.speak(text, voice_id=voice_id)
+        return await tts.speak(text, voice_id=voice_id, language=language)
 
 
 # ---------------------------------------------------------------- STT

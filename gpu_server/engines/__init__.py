@@ -56,14 +56,21 @@ class Transcriber(Protocol):
 
 class Synthesizer(Protocol):
     sample_rate: int  # of the chunks ``synthesize`` yields
+    # Whether the reply's first piece should be a short clause (`sentences.split_for_speech`): worth it when
+    # synthesis time grows with the text (Piper), not when each piece costs a separate start (Chatterbox).
+    short_first_piece: bool
 
     def info(self) -> dict[str, Any]: ...
 
-    def prepare_voice(self, voice_id: str | None) -> None:
-        """Make ``voice_id`` ready (cached); raise EngineError for an unknown voice."""
+    def supports_language(self, language: str) -> bool: ...
+
+    def prepare_voice(self, voice_id: str | None, language: str = "en") -> None:
+        """Make ``voice_id`` ready (cached) for ``language``; raise EngineError for an unknown voice."""
         ...
 
-    def synthesize(self, text: str, voice_id: str | None, max_audio_s: float) -> Iterator[np.ndarray]:
+    def synthesize(
+        self, text: str, voice_id: str | None, max_audio_s: float, language: str = "en"
+    ) -> Iterator[np.ndarray]:
         """Float32 mono chunks of ``text`` spoken, as soon as each is ready; at most ``max_audio_s``."""
         ...
 

@@ -25,6 +25,8 @@ class PiperSynthesizer:
         self._voice = voice
         self._name = name
         self.sample_rate: int = voice.config.sample_rate
+        # The language the voice's phonemizer speaks ("en-us" -> "en"): the one language it serves.
+        self._language = str(getattr(voice.config, "espeak_voice", "en") or "en").split("-")[0].lower()
         # Piper scales each chunk to full scale by default; with clause-sized chunks that makes loudness
         # jump between clauses, so keep the model's own level (peaks ~0.4-0.6) with a fixed gain instead.
         self._config = SynthesisConfig(normalize_audio=False, volume=1.6)
@@ -46,10 +48,18 @@ class PiperSynthesizer:
     def info(self) -> dict[str, Any]:
         return {"engine": "piper", "voice": self._name, "sample_rate": self.sample_rate, "device": "cpu"}
 
-    def prepare_voice(self, voice_id: str | None) -> None:
+    # Piper's time grows with the text, so a short first piece brings the first audio forward (sentences).
+    short_first_piece = True
+
+    def supports_language(self, language: str) -> bool:
+        return language.lower() == self._language
+
+    def prepare_voice(self, voice_id: str | None, language: str = "en") -> None:
         return None
 
-    def synthesize(self, text: str, voice_id: str | None, max_audio_s: float) -> Iterator[np.ndarray]:
+    def synthesize(
+        self, text: str, voice_id: str | None, max_audio_s: float, language: str = "en"
+    ) -> Iterator[np.ndarray]:
         budget = int(max_audio_s * self.sample_rate)
         for chunk in self._voice.synthesize(text, syn_config=self._config):
             audio = chunk.audio_float_array[:budget]

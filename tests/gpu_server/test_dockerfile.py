@@ -62,13 +62,21 @@ def test_every_copy_source_exists():
 
 def test_chatterbox_is_installed_without_deps_and_weights_are_baked_where_settings_look():
     runs = "\n".join(args_of("RUN"))
-    assert re.search(r"pip install --no-deps chatterbox-tts==0\.1\.\d", runs)
-    assert '".[speech,chatterbox]"' in runs
+    # The Python layer is docker/gpu-python.sh, which `make image-venv` runs too.
+    assert "docker/gpu-python.sh pip ." in runs
+    script = (ROOT / "docker" / "gpu-python.sh").read_text()
+    assert "--no-deps" in script and "chatterbox-tts" in script and "[speech,chatterbox]" in script
+    assert re.search(r"^chatterbox-tts==0\.1\.7$", (ROOT / "constraints-gpu.txt").read_text(), re.M)
+    assert f'local_dir="{defaults_multilingual()}"' in runs and "Cangjie5_TC.json" in runs
     defaults = Settings(_env_file=None)
     assert f'local_dir="{defaults.gpu_stt_model}"' in runs and "large-v3-turbo" in runs
     assert f'local_dir="{defaults.chatterbox_model_dir}"' in runs
     env = " ".join(args_of("ENV"))
     assert "HF_HUB_OFFLINE=1" in env  # nothing is fetched at run time
+
+
+def defaults_multilingual() -> str:
+    return Settings(_env_file=None).chatterbox_multilingual_dir
 
 
 def test_entry_point_module_imports_and_runs():

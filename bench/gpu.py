@@ -32,7 +32,8 @@ def chatterbox(settings: Settings):
     from gpu_server.engines.chatterbox import ENGLISH, ChatterboxSynthesizer
 
     if Path(settings.chatterbox_model_dir, "t3_cfg.safetensors").exists():
-        return ChatterboxSynthesizer.load(settings.model_copy(update={"chatterbox_multilingual_dir": ""}), cuda=True), "weights"
+        english_only = settings.model_copy(update={"chatterbox_multilingual_dir": ""})
+        return ChatterboxSynthesizer.load(english_only, cuda=True), "weights"
     from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
 
     from tests.gpu_server import test_chatterbox_cpu as cpu

@@ -175,7 +175,8 @@ class SttStream:
         if self._stopping:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "audio after stop")
         if self._refused is not None:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"no audio is taken after language {self._refused!r} was refused")
+            message = f"no audio is taken after language {self._refused!r} was refused"
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, message)
         if not self._configured and not self._audio_seen:
             await self._emit(protocol.Ready())  # defaults apply: 16 kHz PCM16, English
         self._audio_seen = True

@@ -3,10 +3,17 @@
 This is the one implementation both packages use. It is stdlib-only so the controller image, which has no
 speech dependencies, can import it.
 
-A token is ``v1.<payload>.<signature>`` where payload is base64url(JSON ``{"lid", "pod", "exp"}``) and
-signature is base64url(HMAC-SHA256(secret, "v1." + payload)). ``exp`` is Unix seconds. The secret is the
-pod's own (injected by the controller as ``GPU_SERVER_SECRET`` when the pod is created), so a token for one
-pod is worthless on another.
+A token is ``v1.<payload>.<signature>`` where payload is base64url(JSON ``{"lid", "pod", "exp", "slot"?,
+"gen"?}``) and signature is base64url(HMAC-SHA256(secret, "v1." + payload)). ``exp`` is Unix seconds. The
+secret is the pod's own (injected by the controller as ``GPU_SERVER_SECRET`` when the pod is created), so a
+token for one pod is worthless on another.
+
+Tokens end with their lease: the controller issues them for about one heartbeat interval (each heartbeat
+brings a fresh one), and names the pod slot and the lease's generation on it (``gen``: when the slot was
+granted to it, in ms; a slot's next lease always has a larger one). ``SlotGuard`` on the pod refuses a token
+once a newer lease's token for the same slot has been seen, and tells the server which of its open sockets
+belong to the lease that was superseded, so they are closed: a released lease's client cannot keep using a
+slot that someone else now holds.
 
 Errors: ``TokenError`` and its subclasses ``TokenMalformed``, ``TokenForged``, ``TokenExpired``. Messages
 never contain the token or the secret, and ``RedactTokens`` keeps ``?token=`` out of the server's logs.
@@ -59,11 +66,17 @@ class TokenExpired(TokenError):
     pass
 
 
+class TokenSuperseded(TokenError):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
     lease_id: str
     pod_id: str
     expires_at: float
+    slot: int | None = None  # the pod slot the lease holds (None: a token from before slots were named)
+    generation: int = 0  # when the slot was granted to this lease (ms); larger is newer
 
 
 def _b64e(raw: bytes) -> str:
@@ -80,10 +93,13 @@ def _sign(secret: str, signed_part: str) -> str:
     return _b64e(hmac.new(secret.encode(), signed_part.encode("ascii"), hashlib.sha256).digest())
 
 
-def issue_token(secret: str, lease_id: str, pod_id: str, expires_at: float) -> str:
-    payload = _b64e(
-        json.dumps({"lid": lease_id, "pod": pod_id, "exp": int(expires_at)}, separators=(",", ":")).encode()
-    )
+def issue_token(
+    secret: str, lease_id: str, pod_id: str, expires_at: float, slot: int | None = None, generation: int = 0
+) -> str:
+    body: dict[str, object] = {"lid": lease_id, "pod": pod_id, "exp": int(expires_at)}
+    if slot is not None:
+        body |= {"slot": int(slot), "gen": int(generation)}
+    payload = _b64e(json.dumps(body, separators=(",", ":")).encode())
     signed_part = f"{VERSION}.{payload}"
     return f"{signed_part}.{_sign(secret, signed_part)}"
 
@@ -100,7 +116,9 @@ def verify_token(secret: str, token: str, now: float, pod_id: str | None = None)
         raise TokenForged("token signature does not match")
     try:
         claims = json.loads(_b64d(parts[1]))
-        result = TokenClaims(str(claims["lid"]), str(claims["pod"]), float(claims["exp"]))
+        slot = claims.get("slot")
+        result = TokenClaims(str(claims["lid"]), str(claims["pod"]), float(claims["exp"]),
+                             None if slot is None else int(slot), int(claims.get("gen", 0)))
     except (ValueError, KeyError, TypeError) as e:
         raise TokenMalformed("token payload is not valid") from e
     if now > result.expires_at + CLOCK_SKEW_S:
@@ -108,3 +126,24 @@ def verify_token(secret: str, token: str, now: float, pod_id: str | None = None)
     if pod_id is not None and result.pod_id != pod_id:
         raise TokenForged("token was issued for another pod")
     return result
+
+
+class SlotGuard:
+    """The newest lease seen on each slot of this pod. Pure bookkeeping: the server asks ``admit`` for every
+    verified token and closes the connections it names."""
+
+    def __init__(self) -> None:
+        self._newest: dict[int, tuple[int, str]] = {}  # slot -> (generation, lease id)
+
+    def admit(self, claims: TokenClaims) -> str | None:
+        """Accept the token's lease on its slot, or raise ``TokenSuperseded``. Returns the lease id it
+        supersedes (whose connections must be closed), or None."""
+        if claims.slot is None:
+            return None
+        newest = self._newest.get(claims.slot)
+        if newest is not None and (claims.generation, claims.lease_id) < newest:
+            raise TokenSuperseded(f"a newer lease holds slot {claims.slot} of this pod")
+        self._newest[claims.slot] = (claims.generation, claims.lease_id)
+        if newest is not None and newest[1] != claims.lease_id:
+            return newest[1]
+        return None

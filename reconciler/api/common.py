@@ -117,7 +117,18 @@ def ws_endpoints(pod: PodRow | None) -> dict[str, str] | None:
     return {"stt": f"{base}/ws/stt", "tts": f"{base}/ws/tts"}
 
 
-def lease_body(lease: LeaseRow, pod: PodRow | None, queue_position: int | None) -> dict[str, Any]:
+TOKEN_TTL_S = 30.0  # about one heartbeat interval (clients beat every 20 s): each heartbeat brings a new one
+
+
+def lease_token(pod: PodRow, lease: LeaseRow, now: float) -> str:
+    """The pod's token for this lease: short-lived, and naming the slot and the lease's generation on it (when
+    the slot was granted), so the pod refuses it once a newer lease holds the slot."""
+    expires = min(lease.expires_at, now + TOKEN_TTL_S)
+    return issue_token(pod.secret, lease.id, pod.id, expires, slot=lease.slot or 0,
+                       generation=int((lease.ready_at or lease.created_at) * 1000))
+
+
+def lease_body(lease: LeaseRow, pod: PodRow | None, queue_position: int | None, now: float) -> dict[str, Any]:
     ready = lease.state == LeaseState.READY.value and pod is not None
     return {
         "id": lease.id,
@@ -126,7 +137,7 @@ def lease_body(lease: LeaseRow, pod: PodRow | None, queue_position: int | None) 
         "pod_id": lease.pod_id,
         "path": lease.path,
         "endpoints": ws_endpoints(pod) if ready else None,
-        "token": issue_token(pod.secret, lease.id, pod.id, lease.expires_at) if ready else None,
+        "token": lease_token(pod, lease, now) if ready else None,
         "expires_at": iso(lease.expires_at),
         "created_at": iso(lease.created_at),
         "ready_at": iso(lease.ready_at),
@@ -141,7 +152,7 @@ async def render_lease(ctl: Controller, lease: LeaseRow, pod: PodRow | None = No
     queue_position = None
     if lease.state == LeaseState.PENDING.value and lease.pod_id is None:
         queue_position = await ctl.store.queue_position(lease)
-    return lease_body(lease, pod, queue_position)
+    return lease_body(lease, pod, queue_position, ctl.clock())
 
 
 def render_pod(pod: PodRow, leases: list[LeaseRow]) -> dict[str, Any]:

@@ -100,7 +100,7 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
             "pod_id": pod.id, "slot": next(s for s in range(per_pod) if s not in used),
             "path": ClaimPath.WARM.value, "state": LeaseState.READY.value, "ready_at": now,
         })
-        body = lease_body(warm, pod, None)
+        body = lease_body(warm, pod, None, now)
         warm.first_response = json.dumps(body)
         try:
             if await ctl.store.insert_lease(warm, require_ready_pod=True):
@@ -117,7 +117,7 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
             return _replay(ctl, existing, request_hash)
         ctl.metrics.lease_requests.labels(result="queue_full").inc()
         raise ApiError(503, "queue_full", "too many leases are waiting for a pod; retry later")
-    body = lease_body(row, None, queued + 1)
+    body = lease_body(row, None, queued + 1, now)
     row.first_response = json.dumps(body)
     await ctl.store.insert_lease(row)
     await ctl.store.add_events([(now, f"lease/{row.id}", "Pending", f"queued for session {req.session_id}")])

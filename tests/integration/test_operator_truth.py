@@ -111,3 +111,22 @@ async def test_long_polling_keeps_a_pending_lease_alive_and_ended_means_ended(ma
         assert "has ended" in message and ("expired" in message) and "pending" not in message
     finally:
         await api.aclose()
+
+
+async def test_tokens_live_about_a_heartbeat_and_name_the_slot(make_controller):
+    from gpu_server.auth import verify_token
+
+    server = await make_controller(lease_ttl_s=120.0)
+    api = Api(server.url)
+    await until(lambda: standby_parked(api))
+    lease = (await api.lease("tok")).json()
+    ready = (await api.get(f"/v1/leases/{lease['id']}", wait=20)).json()
+    secret = (await server.controller.store.get_pod(ready["pod_id"])).secret
+    now = server.controller.clock()
+    first = verify_token(secret, ready["token"], now=now, pod_id=ready["pod_id"])
+    assert first.expires_at <= now + 31 and first.slot == 0 and first.generation > 0  # not the lease's 120 s
+    await asyncio.sleep(1.1)
+    renewed = (await api.post(f"/v1/leases/{lease['id']}/heartbeat")).json()
+    second = verify_token(secret, renewed["token"], now=server.controller.clock(), pod_id=ready["pod_id"])
+    assert second.expires_at > first.expires_at and second.generation == first.generation
+    await api.aclose()

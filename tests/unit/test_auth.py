@@ -4,7 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpu_server.auth import TokenExpired, TokenForged, TokenMalformed, issue_token, verify_token
+from gpu_server.auth import (
+    SlotGuard,
+    TokenExpired,
+    TokenForged,
+    TokenMalformed,
+    TokenSuperseded,
+    issue_token,
+    verify_token,
+)
 
 SECRET = "pod-secret-1"
 
@@ -43,3 +51,26 @@ def test_garbage_never_verifies_and_never_leaks(garbage):
     with pytest.raises((TokenMalformed, TokenForged)) as info:
         verify_token(SECRET, garbage, now=0)
     assert SECRET not in str(info.value)
+
+
+def test_tokens_name_their_slot_and_generation_and_old_ones_still_verify():
+    token = issue_token(SECRET, "lease-2", "pod-a", expires_at=1_000, slot=3, generation=1_700_000_000_123)
+    claims = verify_token(SECRET, token, now=900, pod_id="pod-a")
+    assert (claims.slot, claims.generation) == (3, 1_700_000_000_123)
+    legacy = verify_token(SECRET, issue_token(SECRET, "lease-1", "pod-a", expires_at=1_000), now=900)
+    assert (legacy.slot, legacy.generation) == (None, 0)
+
+
+def test_a_newer_lease_on_a_slot_supersedes_the_older_one():
+    guard = SlotGuard()
+
+    def claims(lease, slot, gen):
+        return verify_token(SECRET, issue_token(SECRET, lease, "pod-a", 1_000, slot=slot, generation=gen), now=900)
+
+    assert guard.admit(claims("old", 0, 100)) is None
+    assert guard.admit(claims("old", 0, 100)) is None  # the same lease reconnecting
+    assert guard.admit(claims("other-slot", 1, 50)) is None  # slots are independent
+    assert guard.admit(claims("new", 0, 200)) == "old"  # close the old lease's sockets
+    with pytest.raises(TokenSuperseded):
+        guard.admit(claims("old", 0, 100))  # its token, still unexpired, is refused from now on
+    assert guard.admit(claims("new", 0, 200)) is None

@@ -11,6 +11,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .schedule import WarmSchedule
+
 POD_NAME_PREFIX = "harper-"
 GPU_SERVER_PORT = 8000
 
@@ -101,6 +103,8 @@ class Policy(BaseModel):
     )
     budget_usd_per_hour: float = Field(20.0, ge=0, le=100_000)
     paused: bool = False
+    # Time-of-day windows with idle Ready pods kept ahead of demand (``schedule``); none by default.
+    warm_schedule: WarmSchedule = Field(default_factory=WarmSchedule)
 
     @field_validator("gpu_types")
     @classmethod

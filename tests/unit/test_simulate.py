@@ -1,7 +1,10 @@
 """The cost simulator: the seed's figures under the seed's assumptions, books that add up, skipping idle ticks
 that changes no decision, workloads, schedules and the sweep's recommendation."""
 
+import itertools
 import random
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -30,8 +33,9 @@ SEED_CLOUD = CloudModel(prices={RTX_4090: 0.80}, resume_s=Span(0, 0), create_s=S
                         p_out_of_stock=0.0)
 
 
-def simulate(workload: Workload, policy: Policy, cloud: CloudModel = CloudModel(), seed: int = 1,
+def simulate(workload: Workload, policy: Policy, cloud: CloudModel | None = None, seed: int = 1,
              exact: bool = False, interval_s: float = 5.0, record: bool = False):
+    cloud = cloud or CloudModel()
     todo = sessions(workload, START, random.Random(seed))
     config = SimConfig(policy=policy, cloud=cloud, exact=exact, interval_s=interval_s)
     return Simulation(config, todo, START, START + workload.days * DAY, seed, record=record).run()
@@ -106,16 +110,13 @@ def test_runs_repeat_with_their_seed() -> None:
 def test_workloads() -> None:
     uniform = sessions(Workload(96, 10, days=2), START, random.Random(1))
     assert len(uniform) == 192 and uniform[0].arrival == START + 450
-    assert {round(b.arrival - a.arrival, 6) for a, b in zip(uniform, uniform[1:], strict=False)} == {900.0}
+    assert {round(b.arrival - a.arrival, 6) for a, b in itertools.pairwise(uniform)} == {900.0}
     poisson = sessions(Workload(500, 10, arrivals=Arrivals.POISSON, days=10), START, random.Random(1))
     assert 4800 < len(poisson) < 5200
     tz = "America/New_York"
     start = start_of(tz)
     hours = sessions(Workload(200, 10, arrivals=Arrivals.BUSINESS_HOURS, days=7, timezone=tz), start,
                      random.Random(2))
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
     local = [datetime.fromtimestamp(s.arrival, ZoneInfo(tz)) for s in hours]
     assert all(9 <= t.hour < 17 for t in local) and 1200 < len(hours) < 1600
     lengths = sessions(Workload(2000, 10, lengths=Lengths.LOGNORMAL, days=2), START, random.Random(3))

@@ -129,8 +129,8 @@ def plot(rows: list[Row], target_p95_s: float, chosen: Row | None, path: Path, t
     ax.scatter([r.summary.wait_p95_s for r in served], [r.summary.cost_usd for r in served], s=18,
                color="#9aa5b1", label="policies swept")
     front = sorted((r for r in rows if r.frontier), key=lambda r: r.summary.wait_p95_s)
-    ax.plot([r.summary.wait_p95_s for r in front], [r.summary.cost_usd for r in front], "-o", color="#1f77b4",
-            markersize=5, label="frontier (cheapest for its wait)")
+    ax.step([r.summary.wait_p95_s for r in front], [r.summary.cost_usd for r in front], where="post",
+            color="#1f77b4", marker="o", markersize=5, label="frontier (cheapest for its wait)")
     ax.axvline(target_p95_s, color="#d62728", linestyle="--", linewidth=1, label=f"target p95 {target_p95_s:g} s")
     if chosen is not None:
         s = chosen.summary

@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..domain import Desired, Observed, PodPhase, PodRole, Policy, Tuning
+from ..domain import Desired, LeaseState, Observed, PodPhase, PodRole, Policy, Tuning
 from ..planning import PROVIDER_ACTIONS, plan
 from ..schedule import next_change, warm_target
 from .model import Cloud, CloudModel, CloudState, Session
@@ -200,51 +200,47 @@ class Simulation:
     def _earliest(self) -> float:
         """The earliest moment a pass can decide something new (``last_pass``: at the next tick). A deadline
         the last pass saw pass without acting on it (an idle pod the schedule holds, a stopped pod that is not
-        surplus) waits for a change of state, which brings its own pass."""
+        surplus) waits for a change of state, which brings its own pass. (Runs after most passes: written for
+        speed, so the deadlines are gathered in a list and the earliest one after ``now`` taken.)"""
         w, cfg, now = self.world, self.config, self.last_pass
         policy, tuning = cfg.policy, cfg.tuning
-        due = INF
-
-        def soon(at: float) -> None:
-            nonlocal due
-            if now < at < due:
-                due = at
-
+        ready, starting, stopped_, serving = PodPhase.READY, PodPhase.STARTING, PodPhase.STOPPED, PodRole.SERVING
+        ttl = policy.idle_ttl_s
         held = {pod_id for pod_id, _ in w.slots}
-        stopped = []
+        deadlines: list[float] = []
+        stopped: list[float] = []
         for pod in w.pods.values():
             phase = pod.phase
-            soon(pod.backoff_until)
-            if phase is PodPhase.READY:
+            if pod.backoff_until > now:
+                deadlines.append(pod.backoff_until)
+            if phase is ready:
                 if pod.id in held:
                     continue
-                if pod.idle_since is None or pod.role is not PodRole.SERVING:
+                if pod.idle_since is None or pod.role is not serving:
                     return now
-                soon(pod.idle_since + policy.idle_ttl_s)
-            elif phase is PodPhase.STARTING:
+                deadlines.append(pod.idle_since + ttl)
+            elif phase is starting:
                 cp = self.cloud.pods.get(pod.runpod_id or "")
                 if cp is None or cp.state is CloudState.EXITED or cp.ready_at <= now:
                     return now
-                soon(cp.ready_at)
-                soon(pod.phase_since + tuning.ready_timeout_s)
-            elif phase is PodPhase.STOPPED:
-                stopped.append(pod)
-            elif phase in (PodPhase.STOPPING, PodPhase.TERMINATING):
+                deadlines.append(cp.ready_at)
+                deadlines.append(pod.phase_since + tuning.ready_timeout_s)
+            elif phase is stopped_:
+                stopped.append(pod.phase_since + policy.stopped_ttl_s)
+            elif phase is PodPhase.STOPPING or phase is PodPhase.TERMINATING:
                 return now
             else:  # creating, failed
-                soon(pod.phase_since + tuning.create_grace_s)
+                deadlines.append(pod.phase_since + tuning.create_grace_s)
         if len(stopped) > policy.standby_count:  # which ones are surplus depends on their order: all count
-            for pod in stopped:
-                soon(pod.phase_since + policy.stopped_ttl_s)
+            deadlines.extend(stopped)
         for lease in w.leases.values():
             if lease.pod_id is None and policy.sessions_per_pod > 1:
                 return now  # a pod created last pass may have a slot for it
-            if lease.state.value == "pending":
-                soon(lease.created_at + tuning.pending_timeout_s)
-        for until in w.unavailable.values():
-            soon(until)
-        soon(self._schedule_edge(now))
-        return due
+            if lease.state is LeaseState.PENDING:
+                deadlines.append(lease.created_at + tuning.pending_timeout_s)
+        deadlines.extend(w.unavailable.values())
+        deadlines.append(self._schedule_edge(now))
+        return min((d for d in deadlines if d > now), default=INF)
 
     def _schedule_edge(self, now: float) -> float:
         schedule = self.config.policy.warm_schedule

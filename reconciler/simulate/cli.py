@@ -43,7 +43,8 @@ class Progress:
             sys.stderr.flush()
 
     def done(self) -> None:
-        if self.enabled and self._shown >= 0:
+        if self.enabled:
+            self(1.0)
             sys.stderr.write("\n")
 
 

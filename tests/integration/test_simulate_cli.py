@@ -82,3 +82,11 @@ def test_the_command_is_there_with_help() -> None:
                  "--hot-spares", "--schedule", "--volume-gb", "--resume-seconds", "--create-seconds", "--arrivals",
                  "--seed", "--json", "--sweep", "--target-p95"):
         assert flag in result.stdout
+
+
+def test_long_runs_show_progress_on_stderr(capsys) -> None:
+    code, out, err = run(capsys, "--days", "3", "--sessions-per-day", "400", "--progress")
+    assert code == 0 and "simulating [" in err and "100%" in err.splitlines()[-1]
+    assert "simulating" not in out  # the report stays clean for a pipe
+    code, _, err = run(capsys, "--days", "1", "--json")
+    assert code == 0 and err == ""  # not a terminal: no bar unless asked

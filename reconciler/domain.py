@@ -106,6 +106,13 @@ class Policy(BaseModel):
     # Time-of-day windows with idle Ready pods kept ahead of demand (``schedule``); none by default.
     warm_schedule: WarmSchedule = Field(default_factory=WarmSchedule)
 
+    @model_validator(mode="after")
+    def _warm_pods_fit(self) -> Policy:
+        most = max((w.pods for w in self.warm_schedule.windows), default=0)
+        if most > self.max_pods:  # such a window could never be kept: say so now, not by waiting forever
+            raise ValueError(f"warm_schedule keeps {most} pods in a window, above max_pods {self.max_pods}")
+        return self
+
     @field_validator("gpu_types")
     @classmethod
     def _clean_gpu_types(cls, value: list[str]) -> list[str]:

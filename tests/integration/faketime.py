@@ -51,9 +51,13 @@ class FakeTimeStack:
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> FakeTimeStack:
+        # RunPod's rate limit, where the emulator has one, would make the controller pace its passes in real
+        # time: off, as for conftest's emulator.
+        unlimited = {"rate_limit": "off"} if "rate_limit" in EmulatorSettings.model_fields else {}
         self.emulator = EmulatorServer(EmulatorSettings(
             port=0, api_key=EMULATOR_KEY, runner="simulated", boot_seconds=self.boot_s, load_seconds=self.load_s,
             seed=7, machines_per_type=2, gpus_per_machine=8,  # room enough that no resume finds its host full
+            **unlimited,
         ), clock=self.clock)
         await self.emulator.start()
         self._stack.push_async_callback(self.emulator.stop)

@@ -27,6 +27,7 @@ WINDOW = {"timezone": "Europe/Berlin", "windows": [{"start": "08:30", "end": "18
      "unknown day"),
     ({"timezone": "UTC", "windows": [{"start": "09:00", "end": "17:00", "pods": 1, "when": "always"}]},
      "Extra inputs"),
+    ({"timezone": "UTC", "windows": [{"start": "09:00", "end": "17:00", "pods": 11}]}, "above max_pods 10"),
 ])
 async def test_bad_windows_are_refused_and_change_nothing(stack, schedule, complaint) -> None:
     _, api, _ = stack

@@ -111,10 +111,21 @@ def test_a_standby_that_just_became_ready_is_kept_warm_instead_of_parked() -> No
 def test_limits_hold_for_warm_capacity_too() -> None:
     pods = [pod("s", PodPhase.STOPPED, PodRole.STANDBY)]
     assert kinds(run(pods, paused=True)) == []
-    assert kinds(run(pods, max_pods=0)) == []
-    one = kinds(run(pods, max_pods=1))
-    assert [type(a) for a in one] == [ResumePod]
     assert kinds(run(pods, budget_usd_per_hour=0.5)) == []
+    assert [type(a) for a in kinds(run(pods, max_pods=2))] == [ResumePod, CreatePod]  # no standby behind them
+    # a session's pod holds one of the two GPUs max_pods allows: one warm pod more, and nothing else
+    lease = Lease("x", "s-x", LeaseState.READY, OPEN - 100, OPEN + 60, pod_id="x", slot=0, path=ClaimPath.WARM,
+                  ready_at=OPEN - 90)
+    busy = [*pods, pod("x", idle_since=None)]
+    assert [type(a) for a in kinds(run(busy, leases=[lease], max_pods=2))] == [ResumePod]
+
+
+def test_a_window_that_could_never_be_kept_is_refused() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="warm_schedule keeps 3 pods in a window, above max_pods 2"):
+        Policy(max_pods=2, standby_count=0, warm_schedule=parse_schedule("09:00-17:00=1,12:00-13:00=3"))
 
 
 def test_outside_every_window_nothing_is_kept() -> None:

@@ -261,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     mig.add_argument("--database-url", help="SQLAlchemy async URL (HARPER_DATABASE_URL)")
     mig.set_defaults(func=cmd_migrate)
 
-    from . import demo
+    from . import costreport, demo
+    from .simulate import cli as simulate
 
     demo.add_parser(sub)
+    simulate.add_parser(sub)
+    costreport.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)

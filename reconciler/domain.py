@@ -11,6 +11,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .schedule import WarmSchedule
+
 POD_NAME_PREFIX = "harper-"
 GPU_SERVER_PORT = 8000
 
@@ -107,6 +109,15 @@ class Policy(BaseModel):
     )
     budget_usd_per_hour: float = Field(20.0, ge=0, le=100_000)
     paused: bool = False
+    # Time-of-day windows with idle Ready pods kept ahead of demand (``schedule``); none by default.
+    warm_schedule: WarmSchedule = Field(default_factory=WarmSchedule)
+
+    @model_validator(mode="after")
+    def _warm_pods_fit(self) -> Policy:
+        most = max((w.pods for w in self.warm_schedule.windows), default=0)
+        if most > self.max_pods:  # such a window could never be kept: say so now, not by waiting forever
+            raise ValueError(f"warm_schedule keeps {most} pods in a window, above max_pods {self.max_pods}")
+        return self
 
     @field_validator("gpu_types")
     @classmethod

@@ -42,16 +42,13 @@ from .domain import (
 from .metrics import ControllerMetrics
 from .planning import find_orphans, plan
 from .provider import Provider, ProviderError, ProviderPod, RateLimited
+from .rates import CONTAINER_DISK_RATE, HOURS_PER_MONTH, VOLUME_RUNNING_RATE, VOLUME_STOPPED_RATE
+from .schedule import warm_target
 from .store import Store
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
-# RunPod storage rates, USD per GB-month (730 h): volume while running / while stopped, container disk.
-VOLUME_RUNNING_RATE = 0.10
-VOLUME_STOPPED_RATE = 0.20
-CONTAINER_DISK_RATE = 0.10
-HOURS_PER_MONTH = 730.0
 BALANCE_RETRY_S = 300.0  # after RunPod's low-balance answer, no create or resume is tried for this long
 STOCK_LEVELS = {"NONE": 0, "LOW": 1, "MEDIUM": 2, "HIGH": 3}
 # What RunPod bills once the controller's calls are carried out: GPU and running storage from a create or
@@ -108,6 +105,8 @@ class Controller:
     # -- lifecycle
     async def start(self) -> None:
         await self.store.get_policy(self.default_policy)  # writes the defaults to a new database
+        # Read at scrape time: the schedule's target changes with the clock, not only when a pass runs.
+        self.metrics.warm_target.set_function(lambda: warm_target(self.policy.warm_schedule, self.clock()))
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler.add_job(
             self._scheduled_pass, "interval", seconds=self.interval_s, id="reconcile", max_instances=1,

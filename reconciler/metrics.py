@@ -47,6 +47,10 @@ class ControllerMetrics:
             "harper_standby_ready", "Stopped standby pods that were Ready and can be resumed", registry=r
         )
         self.leases_queued = Gauge("harper_leases_queued", "Pending leases waiting for a pod", registry=r)
+        self.warm_target = Gauge(
+            "harper_warm_target", "Idle Ready pods the warm-capacity schedule wants now (0 outside its windows)",
+            registry=r,
+        )
         self.reconcile = Counter("harper_reconcile", "Reconcile passes by result", ["result"], registry=r)
         self.reconcile_duration = Histogram(
             "harper_reconcile_duration_seconds", "Reconcile pass duration", buckets=LATENCY_BUCKETS, registry=r

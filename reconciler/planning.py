@@ -5,9 +5,10 @@ The loop reads the database (``Desired``) and lists RunPod plus each pod's /heal
 here does I/O or reads the clock, so every decision is testable on fake time.
 
 The order of a plan is the order of priority: first bring records in line with what RunPod reports, then
-end leases, then serve waiting leases (warm -> standby_resume -> cold_create -> queue), then park idle
-pods, keep the standby pool, and collect surplus and orphans. Provider calls are capped per pass
-(``Tuning.max_provider_actions``); whatever does not fit waits for the next pass.
+end leases, then serve waiting leases (warm -> standby_resume -> cold_create -> queue), then keep the
+warm-capacity schedule's idle pods, park other idle pods, keep the standby pool, and collect surplus and
+orphans. Provider calls are capped per pass (``Tuning.max_provider_actions``); whatever does not fit waits
+for the next pass.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .domain import (
     Tuning,
     waiting_for,
 )
+from .schedule import warm_target
 
 # ---------------------------------------------------------------------------------------------- actions
 
@@ -218,6 +220,7 @@ class _Plan:
             self.provider_budget = min(self.provider_budget, desired.provider_budget)
         self.pods: dict[str, Pod] = {}
         self.slots: dict[str, set[int]] = defaultdict(set)
+        self.warm: set[str] = set()  # idle Ready pods the warm-capacity schedule keeps running this pass
 
     def emit(self, action: Action) -> bool:
         if isinstance(action, PROVIDER_ACTIONS):
@@ -298,6 +301,7 @@ def plan(desired: Desired, observed: Observed, now: float) -> list[Action]:
     _sync_all(p, observed)
     pending = _settle_leases(p)
     _claim(p, pending)
+    _keep_warm_schedule(p)
     _park_idle(p)
     _keep_standby(p)
     _collect(p, observed)
@@ -465,7 +469,7 @@ def _park_idle(p: _Plan) -> None:
         if pod.idle_since is None:
             pod = replace(pod, idle_since=p.now)
             p.set_pod(p.pods[pod.id], pod, "idle")
-        if pod.backoff_until > p.now:
+        if pod.id in p.warm or pod.backoff_until > p.now:
             continue
         if pod.role == PodRole.STANDBY:
             reason = "standby is Ready: parking it stopped"
@@ -476,6 +480,54 @@ def _park_idle(p: _Plan) -> None:
         if p.emit(StopPod(pod.id, reason, make_standby=True)):
             p.pods[pod.id] = replace(pod, phase=PodPhase.STOPPING, phase_since=p.now, role=PodRole.STANDBY,
                                      reason=reason)
+
+
+def _keep_warm_schedule(p: _Plan) -> None:
+    """Scheduled warm capacity: while a window is open, keep its number of idle Ready pods running (held from
+    ``_park_idle``) and start more when fewer are Ready or on their way: a stopped standby first (it resumes in
+    seconds), then a create. Leases were served first (``_claim``), so a pod taken by a session is replaced
+    here on the same pass. Once the window closes, the pods it held are parked like any idle pod."""
+    want = warm_target(p.policy.warm_schedule, p.now)
+    if want <= 0:
+        return
+    P = PodPhase
+    idle = sorted(
+        (pod for pod in warm_candidates(list(p.pods.values())) if not p.slots[pod.id] and pod.id[0] != "~"),
+        key=lambda pod: (pod.role != PodRole.SERVING, pod.created_at, pod.id),
+    )
+    for pod in idle[:want]:
+        p.warm.add(pod.id)
+        if pod.role != PodRole.SERVING:  # a standby that just became Ready stays up instead of being parked
+            p.set_pod(pod, replace(pod, role=PodRole.SERVING), "kept warm by the schedule")
+    coming = sum(
+        1 for pod in p.pods.values()
+        if pod.phase in (P.CREATING, P.STARTING) and pod.role == PodRole.SERVING and not pod.cordoned
+        and not p.slots[pod.id] and pod.id[0] != "~"
+    )
+    missing = want - len(p.warm) - coming
+    stopped = sorted(
+        (
+            pod for pod in p.pods.values()
+            if pod.phase == P.STOPPED and pod.was_ready and not pod.cordoned and pod.backoff_until <= p.now
+        ),
+        key=lambda pod: (_type_rank(p, pod.gpu_type), -(pod.ready_at or 0.0), pod.id),
+    )
+    for n in range(missing):
+        if stopped and p.may_start(p.pod_cost(stopped[0])) is None:
+            pod = stopped.pop(0)
+            if not p.emit(ResumePod(pod.id, None, "warm capacity by schedule")):
+                return
+            p.pods[pod.id] = replace(pod, phase=P.STARTING, phase_since=p.now, role=PodRole.SERVING)
+            continue
+        gpu_type = p.next_gpu_type()
+        if gpu_type is None or p.may_start(p.d.prices[gpu_type]) is not None:
+            return
+        if not p.emit(CreatePod(gpu_type, PodRole.SERVING, None, "warm capacity by schedule")):
+            return
+        p.pods[f"~warm{n}"] = Pod(
+            id=f"~warm{n}", role=PodRole.SERVING, phase=P.CREATING, gpu_type=gpu_type, created_at=p.now,
+            phase_since=p.now, cost_per_hr=p.d.prices[gpu_type],
+        )
 
 
 def _standby_pool(p: _Plan) -> list[Pod]:

@@ -22,9 +22,9 @@ GPU_A, GPU_B = "NVIDIA GeForce RTX 4090", "NVIDIA L4"
 
 
 class ControllerServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings) if clock is None else create_app(settings, clock=clock)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
                                 log_config=None, access_log=False)
         self._server = GuestServer(config)

@@ -366,8 +366,11 @@ class Controller:
         """Spend and usage since the last pass, and the gauges. RunPod bills from the moment a create or resume
         is carried out until a stop or terminate is, so the rates charged for the interval since the last pass
         are those in force when that pass ended (after its actions); this pass's state sets the next ones."""
-        dt = 0.0 if self._last_accounted is None else max(0.0, now - self._last_accounted)
-        self._last_accounted = now
+        # Timed now, after the pass's calls, not at the pass's start: a create or a stop changed RunPod's bill
+        # when it was carried out, a moment ago, and the rates change here.
+        changed_at = self.clock()
+        dt = 0.0 if self._last_accounted is None else max(0.0, changed_at - self._last_accounted)
+        self._last_accounted = changed_at
         if dt > 0:
             spend = {key: (rate * dt / 3600.0, dt) for key, (rate, _) in self._rates.items()}
             for key, (rate, usage) in self._rates.items():
@@ -376,7 +379,7 @@ class Controller:
             for kind in ("gpu", "storage"):
                 self.metrics.cost_total.labels(kind=kind).inc(
                     sum(usd for key, (usd, _) in spend.items() if key.startswith(kind + ":")))
-            await self.store.add_spend(spend)
+            await self.store.add_spend(spend, day=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d"))
         leases = await self.store.active_leases()
         leased = {lease.pod_id for lease in leases if lease.state == LeaseState.READY}
         self._rates = {}

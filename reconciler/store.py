@@ -58,7 +58,7 @@ from .domain import (
     check_pod_transition,
     waiting_for,
 )
-from .tables import EventRow, GpuTypeRow, LeaseRow, PodRow, PolicyRow, SpendRow
+from .tables import EventRow, GpuTypeRow, LeaseRow, PodRow, PolicyRow, SpendDailyRow, SpendRow
 
 log = logging.getLogger(__name__)
 _ACTIVE = tuple(state.value for state in ACTIVE_LEASE_STATES)
@@ -716,10 +716,15 @@ class Store:
                 query = query.where(col(EventRow.object) == obj)
             return list((await s.exec(query)).all())
 
-    async def add_spend(self, amounts: dict[str, tuple[float, float]]) -> None:
-        """Add ``{key: (usd, seconds)}`` to the running totals: one upsert for all keys."""
+    async def add_spend(self, amounts: dict[str, tuple[float, float]], day: str = "") -> None:
+        """Add ``{key: (usd, seconds)}`` to the running totals per pod, and (with ``day``, a UTC date) the same
+        amounts by kind to that day's totals: one transaction."""
         if not amounts:
             return
+        by_kind: dict[str, float] = {}
+        for key, (usd, _) in amounts.items():
+            kind = key.partition(":")[0]
+            by_kind[kind] = by_kind.get(kind, 0.0) + usd
         async with self.session() as s:
             await s.exec(
                 text(
@@ -728,7 +733,24 @@ class Store:
                 ),
                 params=[{"key": k, "usd": usd, "seconds": sec} for k, (usd, sec) in amounts.items()],
             )
+            if day:
+                await s.exec(
+                    text(
+                        "INSERT INTO spend_daily (day, kind, usd) VALUES (:day, :kind, :usd) ON CONFLICT (day, kind) "
+                        "DO UPDATE SET usd = spend_daily.usd + excluded.usd"
+                    ),
+                    params=[{"day": day, "kind": kind, "usd": usd} for kind, usd in by_kind.items()],
+                )
             await s.commit()
+
+    async def spend_since(self, day: str) -> dict[str, float]:
+        """Spend by kind on UTC days from ``day`` (YYYY-MM-DD) on."""
+        async with self.reading() as s:
+            rows = (await s.exec(select(SpendDailyRow).where(col(SpendDailyRow.day) >= day))).all()
+        totals: dict[str, float] = {}
+        for row in rows:
+            totals[row.kind] = totals.get(row.kind, 0.0) + row.usd
+        return totals
 
     async def spend(self) -> list[SpendRow]:
         async with self.reading() as s:

@@ -97,6 +97,14 @@ class SpendRow(SQLModel, table=True):
     seconds: float = 0.0
 
 
+class SpendDailyRow(SQLModel, table=True):
+    __tablename__ = "spend_daily"
+
+    day: str = Field(primary_key=True)  # UTC date, YYYY-MM-DD
+    kind: str = Field(primary_key=True)  # gpu | storage
+    usd: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+
+
 class LockRow(SQLModel, table=True):
     """The controller lock (``reconciler.claim``): at most one row, id 1."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -184,14 +185,23 @@ async def cost(ctl: Ctl, _: Admin) -> dict[str, Any]:
         for pod_id, amounts in ctl.billed["by_pod"].items():
             by_pod.setdefault(pod_id, {"gpu": 0.0, "storage": 0.0})["billed"] = {
                 k: round(v, 6) for k, v in amounts.items()}
+    today = datetime.fromtimestamp(ctl.clock(), UTC)
     return {
         "usd_per_hour": {**{k: round(v, 6) for k, v in per_hour.items()}, "total": round(sum(per_hour.values()), 6)},
         "spent_usd": {**{k: round(v, 6) for k, v in totals.items()}, "total": round(sum(totals.values()), 6)},
+        "today": _period(await ctl.store.spend_since(today.strftime("%Y-%m-%d"))),
+        "month_to_date": _period(await ctl.store.spend_since(today.strftime("%Y-%m-01"))),
         # What RunPod's billing records say for the same pods (REST v2; null on GraphQL or before the first
         # read). They lag the estimate by up to ``HARPER_BILLING_INTERVAL_S``.
         "billed_usd": billed,
         "by_pod": by_pod,
     }
+
+
+def _period(totals: dict[str, float]) -> dict[str, float]:
+    """Estimated spend of a UTC period (today, month to date), by kind."""
+    amounts = {kind: round(totals.get(kind, 0.0), 6) for kind in ("gpu", "storage")}
+    return {**amounts, "total": round(sum(amounts.values()), 6)}
 
 
 async def _pod_or_404(ctl: Controller, pod_id: str) -> PodRow:

@@ -142,13 +142,20 @@ async def test_the_estimate_agrees_with_what_runpod_billed(make_controller, emu)
             for lease in leases:
                 await api.http.delete(f"/v1/leases/{lease['id']}", headers=api.h())
             await asyncio.sleep(2.0)
-        await asyncio.sleep(1.5)
-        await server.controller.reconcile_once()  # account and read the bill in the same pass
+        async def all_stopped():  # no GPU bills any more: the two sides cannot drift while they are read
+            pods = await api.pods()
+            return bool(pods) and all(p["state"] == "stopped" for p in pods)
+
+        await until(all_stopped, timeout=30)
+        await asyncio.sleep(1.5)  # one more billing read (every 1 s here) after the last change
         cost = (await api.get("/v1/cost", ADMIN)).json()
         estimated, billed = cost["spent_usd"], cost["billed_usd"]
         assert billed is not None and billed["total"] > 0
         assert estimated["total"] == pytest.approx(billed["total"], rel=0.01), (estimated, billed)
         assert estimated["gpu"] == pytest.approx(billed["gpu"], rel=0.01)
+        # Everything in this run happened today (UTC), so today and month to date are the whole spend.
+        assert cost["today"]["total"] == pytest.approx(estimated["total"], abs=2e-6)
+        assert cost["month_to_date"] == cost["today"]
         metrics = (await api.http.get("/metrics")).text
         assert (gauge(metrics, "harper_cost_billed_dollars_total", kind="gpu") or 0) > 0
     finally:

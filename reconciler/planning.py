@@ -143,6 +143,16 @@ PROVIDER_ACTIONS = (CreatePod, ResumePod, StopPod, TerminatePod, TerminateOrphan
 def sync_changes(pod: Pod, seen: ObservedPod | None, tuning: Tuning, now: float) -> dict[str, object]:
     """The fields of ``pod`` that differ from what RunPod reports; a new phase brings ``phase_since``."""
     P = PodPhase
+    if (  # the common case, a pod as RunPod last reported it, answered without building the changes
+        seen is not None and not seen.failed and pod.runpod_id == seen.runpod_id
+        and pod.endpoint_host == seen.endpoint_host and pod.endpoint_port == seen.endpoint_port
+        and (not seen.cost_per_hr or seen.cost_per_hr == pod.cost_per_hr) and pod.unhealthy_since is None
+        and (
+            (pod.phase == P.STOPPED and seen.desired_status != "RUNNING")
+            or (pod.phase == P.READY and seen.desired_status == "RUNNING" and seen.healthy)
+        )
+    ):
+        return {}
     want: dict[str, object] = {}
     if seen is None:
         if pod.phase == P.TERMINATED:

@@ -3,9 +3,11 @@
 import asyncio
 import time
 
+import httpx
 import pytest
 
 from reconciler.demo import round_trip, word_error_rate
+from reconciler.local_pods import read_emulator
 
 from .conftest import COMPANION
 
@@ -34,3 +36,8 @@ async def test_demo_round_trip_then_idle_ttl_stops_the_pod_and_a_standby_is_left
     assert standbys and served["role"] == "standby"
     events = (await stack.admin.get("/v1/events", params={"object": f"pod/{standby['id']}"})).json()["events"]
     assert any("idle for" in e["message"] for e in events)
+    # Local mode speaks REST v2, like a default controller against RunPod: not one GraphQL call.
+    emulator_url, key = read_emulator(stack.workdir / "local")
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as http:
+        calls = (await http.get(f"{emulator_url}/_admin/requests")).json()["by_api"]
+    assert calls["rest"]["total"] > 0 and calls.get("graphql", {}).get("total", 0) == 0, calls

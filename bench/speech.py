@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_server import client, protocol
 from gpu_server.auth import issue_token
-from gpu_server.transcript import word_error_rate
+from gpu_server.transcript import word_error_rate, word_errors
 from runpod_emulator.runner import allocate_port
 
 SECRET = "bench-secret"
@@ -496,6 +496,10 @@ async def main(args: argparse.Namespace) -> None:
     refs = [c.text for c, _ in WER_PAIRS]
     wer_stream = word_error_rate(refs, [t for _, t in WER_PAIRS])
     wer_offline = word_error_rate(refs, offline)
+    for (clip, streamed), off in zip(WER_PAIRS, offline, strict=True):
+        if word_errors(clip.text, streamed)[0] > word_errors(clip.text, off)[0]:
+            say(f"  streaming lost words in {clip.speech_s:.0f} s of speech:\n    heard   {streamed!r}\n"
+                f"    offline {off!r}")
 
     def turns(name: str, key: str) -> list[float]:
         return [getattr(t, key) for t in lengths[name]]

@@ -8,18 +8,18 @@ per connection that never let decodes pile up; decodes of all connections are ba
 What is decoded, and when:
 
 - **at pauses** (``candidates``): once the speaker has been silent ~200 ms (or ~130 ms when the undecided
-  tail is over ``COMMIT_AFTER_S`` long), the tail up to that pause is decoded with the final's beam, given
-  the committed text as context. If the silence lasts to the endpoint, that is the final's tail, ready
-  the moment the endpoint fires. If speech resumes, it is committed (see `utterance`): the tail starts
-  after it, so the decode left at the endpoint stays short however long the utterance.
+  tail is over ``COMMIT_AFTER_S`` long), the tail up to that pause is decoded with the final's beam. If
+  the silence lasts to the endpoint, that is the final's tail, ready the moment the endpoint fires. If
+  speech resumes, it is committed (see `utterance`; unless shorter than ``MIN_COMMIT_S``): the tail
+  starts after it, so the decode left at the endpoint stays short however long the utterance.
 - **partials**: every ``partial_interval_ms`` of new speech, the tail is re-decoded greedily. Words two
   consecutive partials agree on (LocalAgreement-2) are forced as the decoder prefix of the next one. A
   partial carries the committed text plus that hypothesis. If the model is busy, due partials merge.
 - **finals**: at each VAD endpoint (``endpoint_ms`` of silence) and on ``stop``: the committed text plus
   the tail, ``end_of_turn: true``. A turn longer than ``max_utterance_s`` is also sent in parts as it goes:
-  a final with ``end_of_turn: false``, cut at the best committed pause of its last ``SPLIT_LOOKBACK_S``
-  (forcing a commit at the best VAD pause if there is none). Finals overtake queued partials of every
-  connection (`batcher`).
+  finals with ``end_of_turn: false``, each cut at the first committed sentence end of its last
+  ``SPLIT_LOOKBACK_S``, or at ``max_utterance_s`` at the best committed pause there (forcing a commit at
+  the best VAD pause if there is none). Finals overtake queued partials of every connection (`batcher`).
 
 Nothing is decoded outside VAD speech; utterances with less than ``min_speech_ms`` of speech are dropped;
 decoded text passes `transcript.is_hallucination` and Whisper's no_speech/log-prob rule. Memory is
@@ -55,6 +55,7 @@ TAIL_S = 0.2  # audio kept after the last speech window: word endings are quiet
 EARLY_FINAL_MS = 200  # silence after which the tail is decoded as the likely final
 COMMIT_PAUSE_MS = 100  # a shorter pause is enough to commit at once the tail is this long:
 COMMIT_AFTER_S = 3.0
+MIN_COMMIT_S = 2.0  # shorter stretches are left in the tail: a model decodes a phrase or two alone poorly
 SPLIT_LOOKBACK_S = 10.0  # a long turn is cut at the best pause of its last seconds
 MAX_PENDING_FINALS = 4
 # Decode the VAD for chunks up to this many windows on the event loop (~0.1 ms each); longer ones in a thread.
@@ -234,20 +235,25 @@ class SttStream:
                     if ep.last_speech_end > candidate.speech_end:
                         candidate.resumed = ep.last_speech_end - WINDOW
                         self._settle()
-                if ep.samples - utt.start >= self._settings.max_utterance_s * SAMPLE_RATE:
-                    self._split_long_turn()
+                length_s = (ep.samples - utt.start) / SAMPLE_RATE
+                if length_s >= self._settings.max_utterance_s - SPLIT_LOOKBACK_S:
+                    self._split_long_turn(must=length_s >= self._settings.max_utterance_s)
         self._schedule()
         if self._utterance is None:
             self._buffer.trim_before(self._buffer.end - int(PREROLL_S * SAMPLE_RATE))
         else:
             self._buffer.trim_before(self._utterance.committed_end)
 
-    def _split_long_turn(self) -> None:
-        """Send the turn so far up to its best committed pause as a final that is not the end of the turn."""
+    def _split_long_turn(self, *, must: bool) -> None:
+        """Send the turn so far, up to a committed pause in the last ``SPLIT_LOOKBACK_S`` before
+        ``max_utterance_s``, as a final that is not the end of the turn: at the first sentence end there,
+        or (``must``: the turn reached ``max_utterance_s``) at the best pause there."""
         utt, ep = self._utterance, self._endpointer
         assert utt is not None
-        lookback = ep.samples - int(SPLIT_LOOKBACK_S * SAMPLE_RATE)
-        keep = utt.split_point(after=max(lookback, utt.start))
+        lookback = utt.start + int((self._settings.max_utterance_s - SPLIT_LOOKBACK_S) * SAMPLE_RATE)
+        keep = utt.split_point(after=lookback, sentence_end=not must)
+        if keep is None and not must:
+            return
         if keep is None:
             # No commit in the last seconds (the tail runs on without a pause long enough): commit the tail
             # up to its longest VAD pause there, or up to here if there is none, and split once that lands.
@@ -328,6 +334,9 @@ class SttStream:
         if c.start != utt.committed_end:
             self._candidate = None
             return
+        if c.resumed is not None and not c.forced and c.end - c.start < MIN_COMMIT_S * SAMPLE_RATE:
+            self._candidate = None  # too short to stand alone: it stays in the tail
+            return
         if c.forced or c.resumed is not None:
             pause_ms = 0.0 if c.resumed is None else (c.resumed - c.speech_end) * 1000 / SAMPLE_RATE
             utt.commit(Segment(self._text(c.result), c.start, c.end, pause_ms))
@@ -381,11 +390,9 @@ class SttStream:
             return False
         return ep.last_speech_end - utt.partial_end >= self._partial_interval
 
-    async def _transcribe(
-        self, audio: np.ndarray, *, final: bool, context: str = "", prefix: str = ""
-    ) -> Transcription:
+    async def _transcribe(self, audio: np.ndarray, *, final: bool, prefix: str = "") -> Transcription:
         beam = self._settings.final_beam_size if final else 1
-        request = DecodeRequest(audio, self._config.language, beam, prefix or None, context or None)
+        request = DecodeRequest(audio, self._config.language, beam, prefix or None)
         return await self._batcher.transcribe(request, priority=URGENT if final else BACKGROUND)
 
     def _accept(self, result: Transcription) -> bool:
@@ -398,10 +405,9 @@ class SttStream:
         return result.text if self._accept(result) else ""
 
     async def _decode_candidate(self, candidate: Candidate) -> None:
-        utt = candidate.utterance
         self._candidate = candidate
         audio = self._buffer.slice(candidate.start, candidate.end)
-        candidate.result = await self._transcribe(audio, final=True, context=utt.committed_text)
+        candidate.result = await self._transcribe(audio, final=True)
         self._settle()
 
     async def _finalize(self, job: FinalJob) -> None:
@@ -424,7 +430,7 @@ class SttStream:
                         self._settle()
             if tail is None:
                 audio = job.audio[max(0, utt.committed_end - job.audio_start) :]
-                tail = await self._transcribe(audio, final=True, context=utt.committed_text)
+                tail = await self._transcribe(audio, final=True)
             text = utt.text_with(self._text(tail))
             if not text and utt.partials_sent == 0:
                 return  # nothing was shown for this utterance, and nothing will be
@@ -446,7 +452,7 @@ class SttStream:
         arrival = self._last_arrival
         start, first = utt.committed_end, utt.start
         audio = self._buffer.slice(start, end)
-        result = await self._transcribe(audio, final=False, context=utt.committed_text, prefix=utt.prefix)
+        result = await self._transcribe(audio, final=False, prefix=utt.prefix)
         if self._utterance is not utt or utt.committed_end != start or utt.start != first:
             return  # a commit or split landed meanwhile: this hypothesis no longer lines up with the tail
         if not self._accept(result):

@@ -12,9 +12,10 @@ audio is no longer needed. At the endpoint only the tail after the last commit i
 long the utterance was.
 
 Splits: a turn longer than ``max_utterance_s`` is sent in parts, each a final that is not the end of the
-turn, cut at the best committed pause of its last seconds: a sentence end if there is one, else the
-longest pause. The committed text after the cut and the tail carry on into the next part, so partials keep
-flowing across the split and nothing is decoded twice.
+turn, cut at a committed pause of its last seconds: the first sentence end there (known by what follows
+it), else, when the part reaches ``max_utterance_s``, the longest pause. The committed text after the cut
+and the tail carry on into the next part, so partials keep flowing across the split and nothing is
+decoded twice.
 """
 
 from __future__ import annotations
@@ -64,17 +65,23 @@ class Utterance:
         # The tail now starts after this segment: hypotheses about the old tail no longer line up with it.
         self.prefix = self.previous = ""
 
-    def split_point(self, after: int) -> int | None:
-        """How many segments the first part keeps when the utterance is cut at its best committed pause
-        ending after sample ``after``; None when no commit ends there."""
+    def split_point(self, after: int, *, sentence_end: bool = False) -> int | None:
+        """How many segments the first part keeps when the utterance is cut at a committed pause ending
+        after sample ``after``: the best one (a sentence end first, then the longest pause), or with
+        ``sentence_end`` the first that ends a sentence by what is known to follow it. None if none does."""
         best: tuple[bool, float, int] | None = None
         keep = None
         for i, segment in enumerate(self.segments):
             if segment.end <= after:
                 continue
-            following = self.segments[i + 1].text if i + 1 < len(self.segments) else None
-            # A sentence end first, then the longer pause, then the later cut (the shorter remainder).
-            score = (ends_sentence(segment.text, following), segment.pause_ms, segment.end)
+            # What follows: the next segment, else the latest hypothesis about the tail.
+            following = self.segments[i + 1].text if i + 1 < len(self.segments) else self.previous
+            ends = ends_sentence(segment.text, following or None)
+            if sentence_end:
+                if ends and following:
+                    return i + 1
+                continue
+            score = (ends, segment.pause_ms, segment.end)  # then the later cut: the shorter remainder
             if best is None or score > best:
                 best, keep = score, i + 1
         return keep

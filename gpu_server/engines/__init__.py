@@ -33,7 +33,6 @@ class DecodeRequest:
     language: str
     beam_size: int
     prefix: str | None = None  # words the decoder is forced to start with
-    context: str | None = None  # text said just before this audio (Whisper's previous-text prompt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,15 +40,3 @@ async def test_urgent_requests_overtake_and_beam_sizes_never_mix(engines, spoken
         await asyncio.gather(first, *rest)
     assert order == [(1,), (2, 2), (1, 1)]
 
-
-async def test_requests_with_different_contexts_share_a_batch(engines, spoken):
-    """CTranslate2 batches only prompts whose <|startoftranscript|> sits at the same place: previous-text
-    contexts of every length (none, a few words, a long paragraph) still decode together, each right."""
-    contexts = [None, "Okay.", SENTENCES[0], " ".join(SENTENCES * 3)]
-    requests = [
-        DecodeRequest(pcm.astype(np.float32) / 32768, "en", 3, context=context)
-        for pcm, context in zip(spoken.pcm16k, contexts, strict=True)
-    ]
-    async with DecodeBatcher(engines.stt, max_batch=8) as batcher:
-        results = await asyncio.gather(*(batcher.transcribe(r, priority=URGENT) for r in requests))
-    assert word_error_rate(SENTENCES, [r.text for r in results]) < 0.1, [r.text for r in results]

@@ -32,6 +32,11 @@ def test_a_long_turn_is_cut_at_a_sentence_end_before_a_longer_pause_mid_sentence
     )
     assert utt.split_point(after=0) == 1
     assert utt.split_point(after=1000) == 3  # a sentence end whose continuation is not known yet
+    # As soon as possible: the first sentence end, once what follows it is known.
+    assert utt.split_point(after=0, sentence_end=True) == 1
+    assert utt.split_point(after=1000, sentence_end=True) is None
+    utt.previous = "Thanks."  # the tail after the last segment starts a new sentence
+    assert utt.split_point(after=1000, sentence_end=True) == 3
     head = utt.split(1)
     assert [s.text for s in head] == ["Could you tell me the weather?"]
     assert utt.start == 1000 and utt.committed_text == "Send a message to my team."

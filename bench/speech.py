@@ -53,6 +53,9 @@ GAP_S = 0.2  # between sentences inside one utterance: a breath, well under the 
 ENDPOINT_MS = 500
 FRAME_S = protocol.FRAME_MS / 1000
 STALL_S = 0.02  # a frame later than its playout time by more than one frame is a stall
+# A reply's ``done`` comes while its last ~300 ms still play (paced TTS): each measured reply waits for the
+# listener to finish the previous one, as a reply after the user's turn would, so it starts on a free clock.
+PLAYED_S = 0.5
 
 REPLIES = [
     "Sure, I can help you with that right away.",
@@ -198,10 +201,12 @@ async def bench_tts_single(server: Server, replies: int) -> dict[str, list[float
     async with client.TtsConnection(server.ws("/ws/tts"), token()) as tts:
         await tts.speak("Warming up.")
         for i in range(replies):
+            await asyncio.sleep(PLAYED_S)
             speech = await tts.speak(REPLIES[i % len(REPLIES)])
             out["first"].append((speech.first_audio_ms or float("nan")) / 1000)
             out["rtf"].append(speech.total_ms / speech.audio_ms)
         for _ in range(2):
+            await asyncio.sleep(PLAYED_S)
             sent = time.monotonic()
             delivery = await receive(tts, await tts.send_speak(LONG_REPLY), sent)
             out["ahead_1s"].append(delivery.ahead_at(1.0))
@@ -244,6 +249,8 @@ async def bench_tts_concurrent(server: Server, n: int, rounds: int) -> tuple[lis
         for conn in conns:
             await stack.enter_async_context(conn)
         for r in range(rounds):
+            await asyncio.sleep(PLAYED_S)
+
             async def one(i: int, tts: client.TtsConnection, r: int = r) -> Delivery:
                 sent = time.monotonic()
                 return await receive(tts, await tts.send_speak(REPLIES[(i + r) % len(REPLIES)]), sent)

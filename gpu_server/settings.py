@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # "auto": int8 on CPU, float16 on CUDA.
     compute_type: str = "auto"
-    # Threads per model call on CPU; 0 means all cores.
+    # Threads per model call on CPU; 0: the cores shared among the calls that may run at once.
     cpu_threads: int = 0
     # Path or name of a CTranslate2 Whisper model. Unset: the bundled tiny.en on CPU, gpu_stt_model on CUDA.
     stt_model: str | None = None
@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     # ---- capacity: model calls in flight per engine, Whisper batch size, and streams per process
     stt_concurrency: int = Field(1, ge=1)
     stt_max_batch: int = Field(8, ge=1)
-    tts_concurrency: int = Field(1, ge=1)
+    # Unset: one Piper call per core (each on one thread: short clauses do not gain from a second thread,
+    # and concurrent replies start sooner), one Chatterbox call on the GPU.
+    tts_concurrency: int | None = Field(None, ge=1)
     max_stt_streams: int = Field(16, ge=1)
     max_tts_streams: int = Field(16, ge=1)
 
@@ -85,6 +87,10 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    def tts_calls(self, engine: str) -> int:
+        """Synthesis calls that may run at once for ``engine`` ("piper" or "chatterbox")."""
+        return self.tts_concurrency or ((os.cpu_count() or 1) if engine == "piper" else 1)
 
     def threads_per_call(self, concurrency: int) -> int:
         """CPU threads of one model call when ``concurrency`` calls run at once: ``cpu_threads`` if set, else

@@ -201,7 +201,7 @@ async def tts_socket(ws: WebSocket) -> None:
     if admitted is None:
         return
     state, outbox = admitted
-    assert state.engines is not None
+    assert state.engines is not None and state.tts_gate is not None
     session = TtsSession(
         synthesizer=state.engines.tts,
         gate=state.tts_gate,

@@ -187,14 +187,20 @@ class TtsSession:
         """Synthesize into ``utterance.frames`` (Opus packets), waking the sender as they come."""
         resampler = StreamResampler(self._tts.sample_rate, self.sample_rate)
         packetizer = OpusPacketizer(self.sample_rate)
+
+        def encode(chunk: np.ndarray | None) -> list[bytes]:
+            if chunk is None:  # the end: what the resampler and the last packet hold
+                return packetizer.push(float_to_pcm16(resampler.flush())) + packetizer.flush()
+            return packetizer.push(float_to_pcm16(resampler.push(chunk)))
+
         try:
             async with contextlib.aclosing(self._audio(utterance)) as audio:
                 async for chunk in audio:
-                    utterance.frames.extend(packetizer.push(float_to_pcm16(resampler.push(chunk))))
+                    # ~15 ms per second of audio: off the event loop, which paces every connection's frames.
+                    utterance.frames.extend(await asyncio.to_thread(encode, chunk))
                     utterance.wake.set()
             if not utterance.cancelled:
-                utterance.frames.extend(packetizer.push(float_to_pcm16(resampler.flush())))
-                utterance.frames.extend(packetizer.flush())
+                utterance.frames.extend(encode(None))
         finally:
             utterance.produced = True
             utterance.wake.set()

@@ -39,11 +39,11 @@ class PiperSynthesizer:
 
         model_path, config_path = _voice_paths(settings.piper_voice)
         opts = onnxruntime.SessionOptions()
-        # ``tts_concurrency`` calls share the cores, each on its own threads (oversubscribed threads only
-        # slow each other down). Without ONNX Runtime's arena, the few hundred MB a long sentence needs go
+        # Concurrent calls (``Settings.tts_calls``) share the cores, each on its own threads (oversubscribed
+        # threads only slow each other down). Without ONNX Runtime's arena, the few hundred MB a long sentence needs go
         # back to the system after the call instead of staying reserved for good (the VITS decoder's
         # intermediate tensors grow with the length of the audio).
-        opts.intra_op_num_threads = settings.threads_per_call(settings.tts_concurrency)
+        opts.intra_op_num_threads = settings.threads_per_call(settings.tts_calls("piper"))
         opts.inter_op_num_threads = 1
         opts.enable_cpu_mem_arena = False
         opts.log_severity_level = 3

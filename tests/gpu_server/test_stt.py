@@ -190,3 +190,50 @@ async def test_endpoint_gives_the_final_without_any_stop(server, spoken):
     )
     assert [f.text for f in result.finals] and not any(isinstance(e.message, protocol.Done) for e in result.events)
     assert word_error_rate([SENTENCES[3]], [result.text]) < 0.2, result.text
+
+
+class RecordingWhisper:
+    """The real Whisper engine, noting the length of audio each final-beam decode is given."""
+
+    sample_rate = 16000
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.final_decodes_s: list[float] = []
+
+    def supports_language(self, language: str) -> bool:
+        return self._engine.supports_language(language)
+
+    def transcribe_batch(self, requests):
+        self.final_decodes_s += [len(r.audio) / 16000 for r in requests if r.beam_size > 1]
+        return self._engine.transcribe_batch(requests)
+
+
+async def test_the_end_of_turn_decodes_only_the_tail_after_the_last_pause(engines, spoken):
+    """A ~10 s turn with breaths between sentences: its text is committed pause by pause while it is
+    spoken, so no decode ever covers the whole turn (that one grew with the turn's length)."""
+    whisper = RecordingWhisper(engines.stt)
+    sent: list[protocol.Message] = []
+
+    async def emit(message):
+        sent.append(message)
+
+    audio, _ = joined([trimmed(pcm) for pcm in spoken.pcm16k[:3]])
+    async with DecodeBatcher(whisper) as batcher:
+        stream = SttStream(
+            transcriber=whisper, vad=engines.vad, batcher=batcher, settings=make_settings(),
+            metrics=SpeechMetrics(), emit=emit,
+        )
+        worker = stream.run_worker()
+        started = asyncio.get_running_loop().time()
+        for i, chunk in enumerate(client.chunk_pcm(audio, 16000)):
+            await asyncio.sleep(max(0.0, started + i * 0.02 - asyncio.get_running_loop().time()))
+            await stream.audio(chunk)
+        await stream.stop()
+        await worker
+    finals = [m for m in sent if isinstance(m, protocol.Final) and m.text]
+    assert len(finals) == 1 and finals[0].end_of_turn
+    assert word_error_rate([" ".join(SENTENCES[:3])], [finals[0].text]) < 0.15, finals[0].text
+    turn_s = finals[0].end - finals[0].start
+    assert turn_s > 9 and whisper.final_decodes_s and max(whisper.final_decodes_s) < 0.8 * turn_s, (
+        turn_s, whisper.final_decodes_s)

@@ -156,7 +156,9 @@ class TtsSession:
         pieces = split_for_speech(request.text)
         for index, piece in enumerate(pieces):
             # A piece cut mid-sentence would end in the engine's sentence-final silence, an odd pause in
-            # the middle of a phrase: trim it, which needs its last chunk held until it is known to be last.
+            # the middle of a phrase: trim it. Only the trailing silence of each chunk is held back until the
+            # next chunk shows it was not the last (waiting to know that before sending a chunk at all cost
+            # a turn at the model, behind every other connection's synthesis, before a reply's first audio).
             trim = index < len(pieces) - 1 and not piece.endswith(_PAUSE_PUNCTUATION)
             held: np.ndarray | None = None
             chunks = self._tts.synthesize(piece, request.voice_id, budget_s)
@@ -170,8 +172,10 @@ class TtsSession:
                         break
                     budget_s -= len(chunk) / rate
                     if trim:
-                        chunk, held = held, chunk
-                    if chunk is not None:
+                        if held is not None and len(held):
+                            yield held  # not the end of the piece after all
+                        chunk, held = _split_trailing_silence(chunk, rate)
+                    if len(chunk):
                         yield chunk
                     if budget_s <= 0:
                         utterance.capped = True
@@ -179,7 +183,7 @@ class TtsSession:
             finally:
                 _close(chunks)
             if held is not None and not utterance.cancelled:
-                yield _trim_silence(held, rate)
+                yield held[: int(_KEEP_AFTER_S * rate)]
             if utterance.cancelled or utterance.capped:
                 return
 
@@ -274,10 +278,11 @@ class TtsSession:
         return frames, first_audio
 
 
-def _trim_silence(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+def _split_trailing_silence(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the audio up to its last loud sample, the silence after it)."""
     loud = np.flatnonzero(np.abs(audio) > _SILENCE_LEVEL)
-    end = (loud[-1] + 1 if len(loud) else 0) + int(_KEEP_AFTER_S * sample_rate)
-    return audio[: max(end, 1)]
+    end = loud[-1] + 1 if len(loud) else 0
+    return audio[:end], audio[end:]
 
 
 def _close(chunks: object) -> None:

@@ -167,6 +167,55 @@ async def test_cancel_sends_done_at_once_without_waiting_for_the_synthesis_in_fl
     assert len(sent) == 3 and messages[-1] == protocol.TtsDone("x", 3, 60.0, messages[-1].first_audio_ms, cancelled=True)
 
 
+class SlowToFinish:
+    """The real Piper voice, except that after its first piece's audio the engine takes its time to say it
+    has no more (the model is busy with other connections)."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.sample_rate = engine.sample_rate
+        self.finishing = threading.Event()
+        self.release = threading.Event()
+        self._pieces = 0
+
+    def prepare_voice(self, voice_id) -> None:
+        return None
+
+    def synthesize(self, text, voice_id, max_audio_s):
+        self._pieces += 1
+        yield from self._engine.synthesize(text, voice_id, max_audio_s)
+        if self._pieces == 1:
+            self.finishing.set()
+            self.release.wait(30)
+
+
+async def test_the_first_audio_does_not_wait_to_learn_that_its_piece_is_over(engines: Engines):
+    """The first piece ("The kitchen lights", cut mid-sentence, so its trailing silence is trimmed) is sent
+    while the engine is still asked whether more of it is coming."""
+    piper = SlowToFinish(engines.tts)
+    sent_while_finishing: list[bool] = []
+    finished = asyncio.Event()
+
+    async def emit_frame(data: bytes) -> None:
+        sent_while_finishing.append(piper.finishing.is_set() and not piper.release.is_set())
+        if sent_while_finishing.count(True) == 3:
+            piper.release.set()  # held back until the end of the piece is known, no frame would ever come
+
+    async def emit(message: protocol.Message) -> None:
+        if isinstance(message, protocol.TtsDone):
+            finished.set()
+
+    session = TtsSession(
+        synthesizer=piper, gate=ModelGate(1), settings=make_settings(), metrics=SpeechMetrics(),
+        emit=emit, emit_frame=emit_frame,
+    )
+    worker = session.run_worker()
+    await session.speak(protocol.Speak("x", "The kitchen lights are now turned off."))
+    await asyncio.wait_for(finished.wait(), 30)
+    worker.cancel()
+    assert sent_while_finishing.count(True) == 3 and len(sent_while_finishing) > 50
+
+
 async def test_limits_give_clear_errors_and_the_connection_keeps_working(server):
     async with client.TtsConnection(server.ws("/ws/tts"), token()) as tts:
         with pytest.raises(client.SpeechServerError) as caught:

@@ -442,7 +442,8 @@ class SttStream:
                 end_of_turn=job.end_of_turn,
             )
         )
-        self._metrics.stt_final_latency.observe(max(0.0, self._clock() - job.due_at))
+        if job.end_of_turn:  # a split is sent the moment it is decided: it would only dilute the histogram
+            self._metrics.stt_final_latency.observe(max(0.0, self._clock() - job.due_at))
 
     async def _partial(self) -> None:
         utt, ep = self._utterance, self._endpointer

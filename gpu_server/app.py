@@ -1,5 +1,5 @@
-"""The FastAPI app: lifespan (settings, metrics, the TTS gate and STT batcher, background model loading), `/health`,
-`/metrics`, and the two WebSockets from `gpu_server.sockets`.
+"""The FastAPI app: lifespan (settings, metrics, background model loading, then the TTS gate and STT batcher),
+`/health`, `/metrics`, and the two WebSockets from `gpu_server.sockets`.
 
 ``create_app(settings, load=...)`` builds one app; ``load`` is the blocking function that returns the
 `Engines` (``engines.load_engines`` by default). It runs in a worker thread started by the lifespan, so the
@@ -35,8 +35,8 @@ class ServerState:
 
     settings: Settings
     metrics: SpeechMetrics
-    tts_gate: ModelGate
     engines: Engines | None = None
+    tts_gate: ModelGate | None = None
     stt_batcher: DecodeBatcher | None = None
     load_error: str | None = None
     streams: dict[str, int] = field(default_factory=lambda: {"stt": 0, "tts": 0})  # open WebSocket streams
@@ -55,6 +55,7 @@ async def _load_models(state: ServerState, load: Callable[[Settings], Engines]) 
     settings = state.settings
     state.stt_batcher = DecodeBatcher(engines.stt, max_batch=settings.stt_max_batch, workers=settings.stt_concurrency)
     state.stt_batcher.start()
+    state.tts_gate = ModelGate(settings.tts_calls(str(engines.tts.info().get("engine"))))
     state.engines = engines
     log.info("models ready: stt=%s tts=%s", engines.stt.info(), engines.tts.info())
 
@@ -62,11 +63,7 @@ async def _load_models(state: ServerState, load: Callable[[Settings], Engines]) 
 def create_app(settings: Settings, load: Callable[[Settings], Engines] = load_engines) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = ServerState(
-            settings=settings,
-            metrics=SpeechMetrics(),
-            tts_gate=ModelGate(settings.tts_concurrency),
-        )
+        state = ServerState(settings=settings, metrics=SpeechMetrics())
         app.state.server = state
         for name in ("uvicorn.error", "uvicorn.access"):  # set up by uvicorn before the lifespan runs
             if REDACT_TOKENS not in logging.getLogger(name).filters:

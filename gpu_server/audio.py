@@ -1,4 +1,5 @@
-"""PCM sample conversions and streaming resampling (soxr), shared by the STT input and the TTS output.
+"""PCM sample conversions, streaming resampling (soxr) and the STT stream's rolling buffer, shared by the STT
+input and the TTS output.
 
 Server side only: `gpu_server.client` must not import this module (soxr is not a client dependency).
 """
@@ -44,3 +45,30 @@ def resample(audio: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
     if in_rate == out_rate:
         return np.asarray(audio, dtype=np.float32)
     return soxr.resample(np.asarray(audio, dtype=np.float32), in_rate, out_rate).astype(np.float32)
+
+
+class AudioBuffer:
+    """The most recent audio of a stream, from ``start`` (a sample index on the stream clock) to ``end``."""
+
+    def __init__(self, capacity_samples: int) -> None:
+        self._data = np.zeros(capacity_samples, np.float32)
+        self.start = 0
+        self.end = 0
+
+    def append(self, audio: np.ndarray) -> None:
+        size = self.end - self.start
+        if size + len(audio) > len(self._data):  # callers trim first; growing is the safe fallback
+            self._data = np.concatenate([self._data[:size], np.zeros(size + len(audio), np.float32)])
+        self._data[size : size + len(audio)] = audio
+        self.end += len(audio)
+
+    def trim_before(self, sample: int) -> None:
+        cut = min(max(sample, self.start), self.end) - self.start
+        if cut:
+            size = self.end - self.start - cut
+            self._data[:size] = self._data[cut : cut + size]
+            self.start += cut
+
+    def slice(self, start: int, end: int) -> np.ndarray:
+        start, end = max(start, self.start), min(end, self.end)
+        return self._data[start - self.start : end - self.start].copy()

@@ -64,9 +64,14 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings) -> int:
+    import os
+
     import uvicorn
 
     from gpu_server.app import create_app
+    from gpu_server.memory import limit_arenas
+
+    limit_arenas(os.cpu_count() or 1)  # before uvicorn and the models start their threads
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

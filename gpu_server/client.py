@@ -12,6 +12,14 @@ One-shot helpers:
 Connections, for anything longer-lived (barge-in, several utterances, live audio):
 ``async with TtsConnection(url, token) as tts`` and ``async with SttConnection(url, token) as stt``.
 
+Turns: a ``final`` with ``end_of_turn: false`` is one part of a long turn (the speaker went on past
+``max_utterance_s``; the server cut at a pause so that text does not wait for the end): more finals of the
+same turn follow. An assistant answers at a final with ``end_of_turn: true`` (a VAD endpoint or ``stop``),
+with the text of every final since the previous end of turn (``Transcript.turns`` joins them).
+
+TTS pacing: frames come at most ~300 ms (``GPU_SERVER_TTS_MAX_AHEAD_MS``) ahead of real time after a first
+burst of that size, so a client that plays frames as they arrive is silenced by a ``cancel`` within that.
+
 Times are ``time.monotonic()`` seconds unless a name ends in ``_ms``.
 """
 
@@ -206,6 +214,7 @@ class Heard:
     start: float
     end: float
     at: float
+    end_of_turn: bool = True  # finals only: False for a part of a long turn that goes on
 
 
 @dataclass
@@ -218,7 +227,7 @@ class Transcript:
 
     def _heard(self, kind: type[protocol.Partial] | type[protocol.Final]) -> list[Heard]:
         return [
-            Heard(e.message.text, e.message.start, e.message.end, e.at)
+            Heard(e.message.text, e.message.start, e.message.end, e.at, getattr(e.message, "end_of_turn", True))
             for e in self.events
             if isinstance(e.message, kind) and e.message.text
         ]
@@ -238,6 +247,17 @@ class Transcript:
     @property
     def text(self) -> str:
         return " ".join(f.text for f in self.finals).strip()
+
+    @property
+    def turns(self) -> list[str]:
+        """The text of each turn: the finals up to and including each ``end_of_turn``, joined."""
+        turns, parts = [], []
+        for final in self.finals:
+            parts.append(final.text)
+            if final.end_of_turn:
+                turns.append(" ".join(parts))
+                parts = []
+        return turns + ([" ".join(parts)] if parts else [])
 
     def sent_at(self, audio_s: float) -> float:
         """When the chunk holding the audio at ``audio_s`` (stream seconds) was sent."""

@@ -1,9 +1,11 @@
 """``ModelGate``: how many calls may run inside one model at once, and who goes first.
 
 Every blocking model call (Whisper, Piper, Chatterbox) goes through its engine's gate, which runs it in a
-worker thread so the event loop keeps serving sockets. Waiters are served by priority, then arrival:
-an STT final (a user waiting for the answer) overtakes queued partials. A slot is held until the thread
-really finishes, even when the awaiting task is cancelled, so the cap holds under barge-in and disconnects.
+worker thread so the event loop keeps serving sockets. Waiters are served by priority (lowest first), then
+arrival: a class (an STT final, a user waiting for the answer, overtakes queued partials) or a deadline
+(TTS asks with the time its listener would run out of audio, so the model serves the nearest gap first).
+A slot is held until the thread really finishes, even when the awaiting task is cancelled, so the cap holds
+under barge-in and disconnects.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ class ModelGate:
             raise ValueError("a model gate needs a capacity of at least 1")
         self.capacity = capacity
         self._free = capacity
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
     @property
     def waiting(self) -> int:
         return sum(1 for *_, fut in self._waiters if not fut.done())
 
-    async def run(self, fn: Callable[..., T], *args: Any, priority: int = NORMAL) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, priority: float = NORMAL) -> T:
         await self._acquire(priority)
         loop = asyncio.get_running_loop()
         try:
@@ -46,7 +48,7 @@ class ModelGate:
         # The shield keeps the thread's future (and so the slot) alive if this task is cancelled.
         return await asyncio.shield(work)
 
-    async def _acquire(self, priority: int) -> None:
+    async def _acquire(self, priority: float) -> None:
         if self._free > 0 and not self.waiting:
             self._free -= 1
             return

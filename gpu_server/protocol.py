@@ -111,6 +111,9 @@ class Final(Message):
     start: float
     end: float
     words: list[dict[str, Any]] | None = None
+    # False when a long turn is sent in parts and the speaker is still talking: more finals of this turn
+    # follow. True at a VAD endpoint and on stop.
+    end_of_turn: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # "auto": int8 on CPU, float16 on CUDA.
     compute_type: str = "auto"
-    # Threads per model call on CPU; 0 means all cores.
+    # Threads per model call on CPU; 0: the cores shared among the calls that may run at once.
     cpu_threads: int = 0
     # A CTranslate2 Whisper model: a path, or a model bundled in a package: "tiny.en" (English only) or "base"
     # (multilingual; see engines.whisper_models). Unset: tiny.en on CPU, gpu_stt_model on CUDA.
@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     # ---- capacity: model calls in flight per engine, Whisper batch size, and streams per process
     stt_concurrency: int = Field(1, ge=1)
     stt_max_batch: int = Field(8, ge=1)
-    tts_concurrency: int = Field(1, ge=1)
+    # Unset: one Piper call per core (each on one thread: short clauses do not gain from a second thread,
+    # and concurrent replies start sooner), one Chatterbox call on the GPU.
+    tts_concurrency: int | None = Field(None, ge=1)
     max_stt_streams: int = Field(16, ge=1)
     max_tts_streams: int = Field(16, ge=1)
 
@@ -65,10 +67,15 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(2000, ge=1)
     max_queued_speaks: int = Field(16, ge=1)
     tts_max_audio_s: float = Field(60.0, gt=0)
+    # TTS frames leave at most this far ahead of the listener's real time (after a first burst of the same
+    # size), so a barge-in silences even a client that plays frames as they come within that much.
+    tts_max_ahead_ms: int = Field(300, ge=20, le=60_000)
 
     # ---- streaming STT behaviour
     endpoint_ms: int = Field(500, ge=100, le=5000)
     partial_interval_ms: int = Field(400, ge=100)
+    # A turn longer than this is sent in parts as it goes (finals with end_of_turn false), each cut at its
+    # best pause; it also bounds the undecided audio held per stream.
     max_utterance_s: float = Field(25.0, gt=2, le=29)
     vad_threshold: float = Field(0.5, gt=0, lt=1)
     min_speech_ms: int = Field(200, ge=0)
@@ -85,5 +92,11 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    def resolved_cpu_threads(self) -> int:
-        return self.cpu_threads or os.cpu_count() or 1
+    def tts_calls(self, engine: str) -> int:
+        """Synthesis calls that may run at once for ``engine`` ("piper" or "chatterbox")."""
+        return self.tts_concurrency or ((os.cpu_count() or 1) if engine == "piper" else 1)
+
+    def threads_per_call(self, concurrency: int) -> int:
+        """CPU threads of one model call when ``concurrency`` calls run at once: ``cpu_threads`` if set, else
+        the cores shared out (threads beyond the cores only slow each other down)."""
+        return self.cpu_threads or max(1, (os.cpu_count() or 1) // concurrency)

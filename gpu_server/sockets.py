@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, WebSocket
@@ -21,6 +21,7 @@ from starlette.websockets import WebSocketState
 
 from gpu_server import protocol
 from gpu_server.auth import TokenError, verify_token
+from gpu_server.memory import release_free_memory
 from gpu_server.protocol import ErrorCode, ProtocolError
 from gpu_server.stt import SttStream
 from gpu_server.tts import TtsSession
@@ -97,9 +98,10 @@ async def _admit(ws: WebSocket, kind: str) -> tuple[ServerState, Outbox] | None:
     return state, outbox
 
 
-@contextlib.contextmanager
-def _counted(state: ServerState, kind: str) -> Iterator[None]:
-    """One open ``kind`` stream, in the admission count and the ``harper_{kind}_streams_active`` gauge."""
+@contextlib.asynccontextmanager
+async def _counted(state: ServerState, kind: str) -> AsyncIterator[None]:
+    """One open ``kind`` stream, in the admission count and the ``harper_{kind}_streams_active`` gauge.
+    When the last stream of the server closes, the memory its load freed goes back to the system."""
     gauge = state.metrics.stt_streams_active if kind == "stt" else state.metrics.tts_streams_active
     state.streams[kind] += 1
     gauge.inc()
@@ -108,6 +110,8 @@ def _counted(state: ServerState, kind: str) -> Iterator[None]:
     finally:
         state.streams[kind] -= 1
         gauge.dec()
+        if not any(state.streams.values()):
+            await asyncio.shield(asyncio.to_thread(release_free_memory))
 
 
 async def _pump(
@@ -186,7 +190,7 @@ async def stt_socket(ws: WebSocket) -> None:
         await stream.audio(data)
         return False
 
-    with _counted(state, "stt"):
+    async with _counted(state, "stt"):
         reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
         await _serve(outbox, reader, stream.run_worker())
 
@@ -197,7 +201,7 @@ async def tts_socket(ws: WebSocket) -> None:
     if admitted is None:
         return
     state, outbox = admitted
-    assert state.engines is not None
+    assert state.engines is not None and state.tts_gate is not None
     session = TtsSession(
         synthesizer=state.engines.tts,
         gate=state.tts_gate,
@@ -218,6 +222,6 @@ async def tts_socket(ws: WebSocket) -> None:
     async def on_bytes(data: bytes) -> bool:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "/ws/tts takes JSON text messages only")
 
-    with _counted(state, "tts"):
+    async with _counted(state, "tts"):
         reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
         await _serve(outbox, reader, session.run_worker())

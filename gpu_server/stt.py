@@ -1,27 +1,30 @@
 """``SttStream``: the streaming speech-to-text pipeline of one `/ws/stt` connection.
 
 Flow: audio bytes (PCM16 at any rate, or raw Opus packets) -> float32 16 kHz (soxr) -> Silero VAD, one
-probability per 32 ms -> `vad.Endpointer` -> utterances -> Whisper, in a worker task per connection that
-never lets decodes pile up; decodes of all connections are batched together by `batcher.DecodeBatcher`.
-Out come `protocol` messages through the ``emit`` callback.
+probability per 32 ms -> `vad.Endpointer` -> utterances (`utterance.Utterance`) -> Whisper, from two tasks
+per connection that never let decodes pile up; decodes of all connections are batched together by
+`batcher.DecodeBatcher`. Out come `protocol` messages through the ``emit`` callback.
 
 What is decoded, and when:
 
-- **partials**: every ``partial_interval_ms`` of new speech, the whole current utterance is re-decoded
-  greedily. Words two consecutive partials agree on (LocalAgreement-2) are committed and forced as the
-  decoder prefix of the next partial: partials never flicker in their committed part, and decoding only
-  the new words is faster. If the model is busy, due partials merge into one on the newest audio.
-- **finals**: at each VAD endpoint (``endpoint_ms`` of silence), on ``stop``, and when an utterance
-  reaches ``max_utterance_s`` (split at its latest pause). Finals are decoded from scratch (no forced
-  prefix) with a small beam, and overtake queued partials of every connection (`batcher`).
-- **early finals**: after ~200 ms of trailing silence the final of the utterance so far is decoded
-  speculatively. If the silence lasts to the endpoint, that result is sent the moment the endpoint
-  fires, so the final costs no decode time after the endpoint; if speech resumes it is thrown away.
+- **at pauses** (``candidates``): once the speaker has been silent ~200 ms (or ~130 ms when the undecided
+  tail is over ``COMMIT_AFTER_S`` long), the tail up to that pause is decoded with the final's beam. If
+  the silence lasts to the endpoint, that is the final's tail, ready the moment the endpoint fires. If
+  speech resumes, it is committed (see `utterance`; unless shorter than ``MIN_COMMIT_S``): the tail
+  starts after it, so the decode left at the endpoint stays short however long the utterance.
+- **partials**: every ``partial_interval_ms`` of new speech, the tail is re-decoded greedily. Words two
+  consecutive partials agree on (LocalAgreement-2) are forced as the decoder prefix of the next one. A
+  partial carries the committed text plus that hypothesis. If the model is busy, due partials merge.
+- **finals**: at each VAD endpoint (``endpoint_ms`` of silence) and on ``stop``: the committed text plus
+  the tail, ``end_of_turn: true``. A turn longer than ``max_utterance_s`` is also sent in parts as it goes:
+  finals with ``end_of_turn: false``, each cut at the first committed sentence end of its last
+  ``SPLIT_LOOKBACK_S``, or at ``max_utterance_s`` at the best committed pause there (forcing a commit at
+  the best VAD pause if there is none). Finals overtake queued partials of every connection (`batcher`).
 
 Nothing is decoded outside VAD speech; utterances with less than ``min_speech_ms`` of speech are dropped;
 decoded text passes `transcript.is_hallucination` and Whisper's no_speech/log-prob rule. Memory is
-bounded: the buffer holds at most one utterance (<= ``max_utterance_s``) plus a short pre-roll, and a
-client that outruns the decoder is slowed down (its reads pause) instead of queueing unbounded finals.
+bounded: the buffer holds the undecided tail (<= ``max_utterance_s``) plus a short pre-roll, and a client
+that outruns the decoder is slowed down (its reads pause) instead of queueing unbounded finals.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpu_server import protocol
-from gpu_server.audio import StreamResampler, pcm16_to_float
+from gpu_server.audio import AudioBuffer, StreamResampler, pcm16_to_float
 from gpu_server.batcher import DecodeBatcher
 from gpu_server.engines import DecodeRequest, Transcriber, Transcription
 from gpu_server.gate import BACKGROUND, URGENT
@@ -43,12 +46,17 @@ from gpu_server.metrics import SpeechMetrics
 from gpu_server.opus import OpusDecoder
 from gpu_server.protocol import ErrorCode, ProtocolError
 from gpu_server.settings import Settings
-from gpu_server.transcript import agreed_prefix, is_hallucination
+from gpu_server.transcript import agreed_prefix, is_hallucination, join_segments
+from gpu_server.utterance import Segment, Utterance
 from gpu_server.vad import SAMPLE_RATE, WINDOW, EndpointConfig, Endpointer, SileroVad, SpeechEnd, SpeechStart
 
 PREROLL_S = 0.3  # audio kept before the VAD onset: Silero fires a little after the first phoneme
 TAIL_S = 0.2  # audio kept after the last speech window: word endings are quiet
-EARLY_FINAL_MS = 200
+EARLY_FINAL_MS = 200  # silence after which the tail is decoded as the likely final
+COMMIT_PAUSE_MS = 100  # a shorter pause is enough to commit at once the tail is this long:
+COMMIT_AFTER_S = 3.0
+MIN_COMMIT_S = 2.0  # shorter stretches are left in the tail: a model decodes a phrase or two alone poorly
+SPLIT_LOOKBACK_S = 10.0  # a long turn is cut at the best pause of its last seconds
 MAX_PENDING_FINALS = 4
 # Decode the VAD for chunks up to this many windows on the event loop (~0.1 ms each); longer ones in a thread.
 _INLINE_VAD_WINDOWS = 4
@@ -56,51 +64,33 @@ _INLINE_VAD_WINDOWS = 4
 Emit = Callable[[protocol.Message], Awaitable[None]]
 
 
-class AudioBuffer:
-    """The most recent audio of the stream on the 16 kHz clock, from ``start`` (a sample index) to ``end``."""
-
-    def __init__(self, capacity_s: float) -> None:
-        self._data = np.zeros(int(capacity_s * SAMPLE_RATE), np.float32)
-        self.start = 0
-        self.end = 0
-
-    def append(self, audio: np.ndarray) -> None:
-        size = self.end - self.start
-        if size + len(audio) > len(self._data):  # callers trim first; growing is the safe fallback
-            self._data = np.concatenate([self._data[:size], np.zeros(size + len(audio), np.float32)])
-        self._data[size : size + len(audio)] = audio
-        self.end += len(audio)
-
-    def trim_before(self, sample: int) -> None:
-        cut = min(max(sample, self.start), self.end) - self.start
-        if cut:
-            size = self.end - self.start - cut
-            self._data[:size] = self._data[cut : cut + size]
-            self.start += cut
-
-    def slice(self, start: int, end: int) -> np.ndarray:
-        start, end = max(start, self.start), min(end, self.end)
-        return self._data[start - self.start : end - self.start].copy()
-
-
 @dataclass
-class Utterance:
-    number: int
-    start: int  # sample where its audio starts (pre-roll included)
-    partial_end: int = 0  # speech end covered by the latest partial
-    committed: str = ""  # LocalAgreement prefix
-    previous: str = ""  # latest partial hypothesis
-    partials_sent: int = 0
+class Candidate:
+    """The tail of ``utterance`` from ``start`` (its commit point then) to ``end``, decoded at a pause."""
+
+    utterance: Utterance
+    start: int
+    end: int
+    speech_end: int  # the last speech it covers
+    forced: bool = False  # cut inside speech to split a long turn: committed as soon as it is decoded
+    result: Transcription | None = None  # None while the decode runs
+    resumed: int | None = None  # where speech resumed after it, once it has
 
 
 @dataclass(frozen=True)
 class FinalJob:
     utterance: Utterance
-    start: int
+    start: int  # the final's start (the utterance's, when it was closed or split)
     end: int
     speech_end: int
-    audio: np.ndarray
-    due_at: float  # monotonic time the end of the utterance was known (endpoint or stop)
+    due_at: float  # monotonic time the end of the utterance was known (endpoint, stop or split)
+    audio_start: int = 0
+    audio: np.ndarray | None = None  # the tail from audio_start to end; None for a split (already decoded)
+    head: tuple[Segment, ...] = ()  # a split's committed text
+
+    @property
+    def end_of_turn(self) -> bool:
+        return self.audio is not None
 
 
 class SttStream:
@@ -129,18 +119,26 @@ class SttStream:
         self._resampler = StreamResampler(16000, SAMPLE_RATE)
         self._vad = vad.stream()
         self._endpointer = Endpointer(EndpointConfig(settings.vad_threshold, settings.endpoint_ms))
-        self._buffer = AudioBuffer(settings.max_utterance_s + PREROLL_S + 2)
+        self._buffer = AudioBuffer(int((settings.max_utterance_s + PREROLL_S + 2) * SAMPLE_RATE))
         self._utterance: Utterance | None = None
         self._utterances = 0
         self._last_arrival = clock()
         self._jobs: deque[FinalJob] = deque()
         self._room = asyncio.Event()
         self._room.set()
-        self._candidate: tuple[tuple[int, int], Transcription] | None = None
+        self._candidate: Candidate | None = None
+        self._force_cut: int | None = None  # a long turn needs a commit up to here
         self._wake_final = asyncio.Event()
         self._wake_partial = asyncio.Event()
+        self._progress = asyncio.Event()  # set at each commit and final: the tail got shorter
         self._stopping = False
         self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def _tail_s(self) -> float:
+        """Undecided audio of the open utterance."""
+        utt = self._utterance
+        return 0.0 if utt is None else (self._buffer.end - utt.committed_end) / SAMPLE_RATE
 
     @property
     def buffered_seconds(self) -> float:
@@ -190,6 +188,10 @@ class SttStream:
         self._buffer.append(audio)
         await self._advance(probs)
         await self._room.wait()  # backpressure: stop reading while finals are piling up
+        while self._tail_s > self._settings.max_utterance_s + 1 and not self._stopping:
+            # Audio faster than real time outran the commits that bound the tail: wait for the next one.
+            self._progress.clear()
+            await self._progress.wait()
 
     async def stop(self) -> None:
         """Flush the last utterance as a final, wait for every final, then send ``done``."""
@@ -230,47 +232,72 @@ class SttStream:
         ep = self._endpointer
         for prob in probs:
             event = ep.push(float(prob))
+            utt = self._utterance
             if isinstance(event, SpeechStart):
                 self._utterances += 1
                 start = max(self._buffer.start, event.sample - int(PREROLL_S * SAMPLE_RATE))
                 self._utterance = Utterance(self._utterances, start, partial_end=start)
                 await self._emit(protocol.SpeechStarted(t=protocol.seconds(event.sample / SAMPLE_RATE)))
-            elif isinstance(event, SpeechEnd) and self._utterance is not None:
+            elif isinstance(event, SpeechEnd) and utt is not None:
                 end = min(ep.samples, event.sample + int(TAIL_S * SAMPLE_RATE))
                 self._close_utterance(end, speech_end=event.sample)
-            elif ep.in_speech and self._utterance is not None:
-                if ep.samples - self._utterance.start >= self._settings.max_utterance_s * SAMPLE_RATE:
-                    self._split_utterance()
+            elif ep.in_speech and utt is not None:
+                candidate = self._candidate
+                if candidate is not None and candidate.utterance is utt and candidate.resumed is None:
+                    if ep.last_speech_end > candidate.speech_end:
+                        candidate.resumed = ep.last_speech_end - WINDOW
+                        self._settle()
+                length_s = (ep.samples - utt.start) / SAMPLE_RATE
+                if length_s >= self._settings.max_utterance_s - SPLIT_LOOKBACK_S:
+                    self._split_long_turn(must=length_s >= self._settings.max_utterance_s)
         self._schedule()
         if self._utterance is None:
             self._buffer.trim_before(self._buffer.end - int(PREROLL_S * SAMPLE_RATE))
         else:
-            self._buffer.trim_before(self._utterance.start)
+            self._buffer.trim_before(self._utterance.committed_end)
 
-    def _split_utterance(self) -> None:
+    def _split_long_turn(self, *, must: bool) -> None:
+        """Send the turn so far, up to a committed pause in the last ``SPLIT_LOOKBACK_S`` before
+        ``max_utterance_s``, as a final that is not the end of the turn: at the first sentence end there,
+        or (``must``: the turn reached ``max_utterance_s``) at the best pause there."""
         utt, ep = self._utterance, self._endpointer
         assert utt is not None
-        # Cut at the latest pause if there is one in the second half, else right here.
-        cut = ep.last_pause if ep.last_pause > utt.start + (ep.samples - utt.start) // 2 else ep.samples
-        self._close_utterance(cut, speech_end=cut)
-        ep.restart_utterance()
-        self._utterances += 1
-        self._utterance = Utterance(self._utterances, cut, partial_end=cut)
+        lookback = utt.start + int((self._settings.max_utterance_s - SPLIT_LOOKBACK_S) * SAMPLE_RATE)
+        keep = utt.split_point(after=lookback, sentence_end=not must)
+        if keep is None and not must:
+            return
+        if keep is None:
+            # No commit in the last seconds (the tail runs on without a pause long enough): commit the tail
+            # up to its longest VAD pause there, or up to here if there is none, and split once that lands.
+            if self._force_cut is None:
+                pauses = [(b - a, (a + b) // 2) for a, b in ep.pauses if b > max(lookback, utt.committed_end)]
+                self._force_cut = max(pauses)[1] if pauses else ep.samples
+                self._wake_final.set()
+            return
+        start = utt.start
+        head = utt.split(keep)
+        ep.restart_utterance(utt.start)
+        self._jobs.append(FinalJob(utt, start, utt.start, utt.start, self._clock(), head=tuple(head)))
+        self._wake_final.set()
 
     def _close_utterance(self, end: int, *, speech_end: int) -> None:
         utt = self._utterance
         assert utt is not None
         self._utterance = None
+        self._force_cut = None
+        self._progress.set()
         speech_ms = self._endpointer.speech_windows * WINDOW * 1000 / SAMPLE_RATE
-        if speech_ms < self._settings.min_speech_ms and utt.partials_sent == 0:
+        if speech_ms < self._settings.min_speech_ms and utt.partials_sent == 0 and not utt.segments:
             return  # a click or a cough: not worth a decode, and never worth a text
-        self._jobs.append(FinalJob(utt, utt.start, end, speech_end, self._buffer.slice(utt.start, end), self._clock()))
+        audio_start = utt.committed_end
+        audio = self._buffer.slice(audio_start, end)
+        self._jobs.append(FinalJob(utt, utt.start, end, speech_end, self._clock(), audio_start, audio))
         if len(self._jobs) >= MAX_PENDING_FINALS:
             self._room.clear()
         self._wake_final.set()
 
     def _schedule(self) -> None:
-        if self._candidate_key() is not None:
+        if self._candidate_due() is not None:
             self._wake_final.set()
         if self._partial_due():
             self._wake_partial.set()
@@ -285,24 +312,57 @@ class SttStream:
         ep = self._endpointer
         return ep.trailing_silence_ms >= min(EARLY_FINAL_MS, ep.config.endpoint_ms * 0.4)
 
-    def _candidate_key(self) -> tuple[int, int] | None:
-        """(utterance, end sample) of the early final due now, or None if none is due or it is done."""
+    def _candidate_due(self) -> Candidate | None:
+        """The decode at a pause (or the forced commit) due now; None if none is due or it is done."""
         utt, ep = self._utterance, self._endpointer
-        if utt is None or not ep.in_speech or not self._in_trailing_silence:
+        if utt is None or not ep.in_speech:
             return None
-        end = ep.last_speech_end + int(TAIL_S * SAMPLE_RATE)
-        if end > self._buffer.end:
+        if self._force_cut is not None:
+            if self._force_cut > utt.committed_end:
+                cut = self._force_cut
+                return Candidate(utt, utt.committed_end, cut, min(cut, ep.last_speech_end), forced=True)
+            self._force_cut = None  # a commit got there first
+        tail_s = (ep.last_speech_end - utt.committed_end) / SAMPLE_RATE
+        pause = self._in_trailing_silence or (
+            tail_s >= COMMIT_AFTER_S and ep.trailing_silence_ms >= COMMIT_PAUSE_MS
+        )
+        if not pause:
             return None
-        key = (utt.number, end)
-        if self._candidate is not None and self._candidate[0] == key:
-            return None
-        return key
+        c = self._candidate
+        if c is not None and c.utterance is utt and c.start == utt.committed_end and c.speech_end == ep.last_speech_end:
+            return None  # decoded (or decoding) already
+        # Cut well inside the pause: Silero notices the next word a window or two late, and a cut at the
+        # pause's far edge could take its first phoneme.
+        after = min(TAIL_S * SAMPLE_RATE, ep.trailing_silence_ms * SAMPLE_RATE / 1000 * 0.6)
+        end = min(self._buffer.end, ep.last_speech_end + int(after))
+        return Candidate(utt, utt.committed_end, end, ep.last_speech_end)
+
+    def _settle(self) -> None:
+        """Commit the decoded candidate if speech went on after it (or it was forced); drop it if stale."""
+        c = self._candidate
+        if c is None or c.result is None:
+            return
+        utt = c.utterance
+        if c.start != utt.committed_end:
+            self._candidate = None
+            return
+        if c.resumed is not None and not c.forced and c.end - c.start < MIN_COMMIT_S * SAMPLE_RATE:
+            self._candidate = None  # too short to stand alone: it stays in the tail
+            return
+        if c.forced or c.resumed is not None:
+            pause_ms = 0.0 if c.resumed is None else (c.resumed - c.speech_end) * 1000 / SAMPLE_RATE
+            utt.commit(Segment(self._text(c.result), c.start, c.end, pause_ms))
+            self._endpointer.forget_pauses_before(c.end)
+            self._progress.set()
+            self._candidate = None
+            if c.forced:
+                self._force_cut = None
 
     # ---- decoding workers
 
     async def _work(self) -> None:
-        """Finals (and early finals) here, partials in a task beside it: an early final never waits for
-        a partial of its own stream, and a partial that comes back after its utterance closed is dropped."""
+        """Finals and decodes at pauses here, partials in a task beside it: a final never waits for a
+        partial of its own stream, and a partial that comes back after its tail changed is dropped."""
         partials = asyncio.create_task(self._partial_loop(), name="stt-partials")
         try:
             await self._final_loop()
@@ -322,8 +382,8 @@ class SttStream:
                     await self._finalize(self._jobs.popleft())
                     if len(self._jobs) < MAX_PENDING_FINALS:
                         self._room.set()
-                elif (key := self._candidate_key()) is not None:
-                    await self._decode_candidate(key)
+                elif (candidate := self._candidate_due()) is not None:
+                    await self._decode_candidate(candidate)
                 else:
                     break
             if self._stopping and not self._jobs:
@@ -342,9 +402,9 @@ class SttStream:
             return False
         return ep.last_speech_end - utt.partial_end >= self._partial_interval
 
-    async def _transcribe(self, audio: np.ndarray, *, final: bool, prefix: str | None = None) -> Transcription:
+    async def _transcribe(self, audio: np.ndarray, *, final: bool, prefix: str = "") -> Transcription:
         beam = self._settings.final_beam_size if final else 1
-        request = DecodeRequest(audio, self._config.language, beam, prefix)
+        request = DecodeRequest(audio, self._config.language, beam, prefix or None)
         return await self._batcher.transcribe(request, priority=URGENT if final else BACKGROUND)
 
     def _accept(self, result: Transcription) -> bool:
@@ -353,30 +413,49 @@ class SttStream:
             return False  # Whisper's own silence rule
         return not is_hallucination(result.text, result.no_speech_prob, result.avg_logprob)
 
-    async def _decode_candidate(self, key: tuple[int, int]) -> None:
-        utt = self._utterance
-        assert utt is not None
-        audio = self._buffer.slice(utt.start, key[1])
-        self._candidate = (key, await self._transcribe(audio, final=True))
+    def _text(self, result: Transcription) -> str:
+        return result.text if self._accept(result) else ""
+
+    async def _decode_candidate(self, candidate: Candidate) -> None:
+        self._candidate = candidate
+        audio = self._buffer.slice(candidate.start, candidate.end)
+        candidate.result = await self._transcribe(audio, final=True)
+        self._settle()
 
     async def _finalize(self, job: FinalJob) -> None:
-        key = (job.utterance.number, job.end)
-        if self._candidate is not None and self._candidate[0] == key:
-            result = self._candidate[1]
+        utt = job.utterance
+        if job.audio is None:  # a split: its text is committed already
+            text = join_segments([s.text for s in job.head])
+            if not text:
+                return
         else:
-            result = await self._transcribe(job.audio, final=True)
-        self._candidate = None
-        text = result.text if self._accept(result) else ""
-        if not text and job.utterance.partials_sent == 0:
-            return  # nothing was shown for this utterance, and nothing will be
+            tail: Transcription | None = None
+            c = self._candidate
+            if c is not None and c.utterance is utt:
+                self._candidate = None
+                if c.result is not None and c.start == utt.committed_end:
+                    if c.speech_end == job.speech_end:
+                        tail = c.result  # the early final: the silence after it lasted to the endpoint
+                    elif c.speech_end < job.speech_end:
+                        c.resumed = c.resumed if c.resumed is not None else c.speech_end
+                        self._candidate = c
+                        self._settle()
+            if tail is None:
+                audio = job.audio[max(0, utt.committed_end - job.audio_start) :]
+                tail = await self._transcribe(audio, final=True)
+            text = utt.text_with(self._text(tail))
+            if not text and utt.partials_sent == 0:
+                return  # nothing was shown for this utterance, and nothing will be
         await self._emit(
             protocol.Final(
                 text=text,
                 start=protocol.seconds(job.start / SAMPLE_RATE),
                 end=protocol.seconds(job.speech_end / SAMPLE_RATE),
+                end_of_turn=job.end_of_turn,
             )
         )
-        self._metrics.stt_final_latency.observe(max(0.0, self._clock() - job.due_at))
+        if job.end_of_turn:  # a split is sent the moment it is decided: it would only dilute the histogram
+            self._metrics.stt_final_latency.observe(max(0.0, self._clock() - job.due_at))
 
     async def _partial(self) -> None:
         utt, ep = self._utterance, self._endpointer
@@ -384,20 +463,23 @@ class SttStream:
         end = min(self._buffer.end, ep.samples)
         utt.partial_end = ep.last_speech_end
         arrival = self._last_arrival
-        audio = self._buffer.slice(utt.start, end)
-        result = await self._transcribe(audio, final=False, prefix=utt.committed or None)
-        if self._utterance is not utt or not self._accept(result):
+        start, first = utt.committed_end, utt.start
+        audio = self._buffer.slice(start, end)
+        result = await self._transcribe(audio, final=False, prefix=utt.prefix)
+        if self._utterance is not utt or utt.committed_end != start or utt.start != first:
+            return  # a commit or split landed meanwhile: this hypothesis no longer lines up with the tail
+        if not self._accept(result):
             return
         # An unchanged text is still sent: its new `end` tells the client we are keeping up.
         # Commit only what two hypotheses agree on, and never un-commit: the prefix was forced anyway.
         agreed = agreed_prefix(utt.previous, result.text)
-        if len(agreed) > len(utt.committed):
-            utt.committed = agreed
+        if len(agreed) > len(utt.prefix):
+            utt.prefix = agreed
         utt.previous = result.text
         utt.partials_sent += 1
         await self._emit(
             protocol.Partial(
-                text=result.text,
+                text=utt.text_with(result.text),
                 start=protocol.seconds(utt.start / SAMPLE_RATE),
                 end=protocol.seconds(end / SAMPLE_RATE),
             )

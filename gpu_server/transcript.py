@@ -120,3 +120,33 @@ def is_hallucination(text: str, no_speech_prob: float, avg_logprob: float) -> bo
         return True
     unsure = no_speech_prob > 0.2 or avg_logprob < -0.6
     return unsure and " ".join(words) in _HALLUCINATIONS
+
+
+_SENTENCE_END = (".", "?", "!", "\u2026")
+
+
+def join_segments(texts: list[str]) -> str:
+    """The texts of consecutive stretches of one utterance as one text.
+
+    Each stretch was decoded up to a pause, so Whisper tends to end it with a full stop even mid-sentence;
+    when the next stretch goes on in lower case, that full stop was a breath, not a sentence end.
+    """
+    out = ""
+    for text in texts:
+        text = text.strip()
+        if not text:
+            continue
+        if out.endswith(".") and not out.endswith("..") and text[0].islower():
+            out = out[:-1]
+        out = f"{out} {text}" if out else text
+    return out
+
+
+def ends_sentence(text: str, following: str | None) -> bool:
+    """Whether a stretch ends a sentence: it ends with sentence punctuation and what follows (if known)
+    does not carry on in lower case."""
+    text = text.strip()
+    if not text.endswith(_SENTENCE_END):
+        return False
+    following = (following or "").strip()
+    return not (following and following[0].islower())

@@ -5,11 +5,18 @@ Each text is cut by `sentences.split_for_speech` (short first piece), each piece
 chunk in a worker thread behind the TTS model gate, resampled to the output rate, cut into exactly-20 ms
 Opus packets and sent as binary frames (``protocol.pack_frame``) between a ``start`` and a ``done``.
 
-Barge-in: ``cancel`` only sets a flag, and the sender checks it before every frame, so at most the frame
-already on its way leaves after a cancel is read; synthesis stops at the next chunk boundary and the
-engine's generator is closed. The last packet of an utterance that was not cancelled is padded with
-silence. ``first_audio_ms`` is measured from the moment the utterance starts being processed (its turn in
-the queue) to its first frame being handed to the socket.
+Two tasks per utterance: a producer synthesizes into a frame queue, a sender takes frames off it paced by
+`pacing.Pacer` (at most ``tts_max_ahead_ms`` ahead of the listener's real time, after an initial burst of
+that size). The producer synthesizes a chunk only when the listener would otherwise hold less than
+``SYNTH_AHEAD_S``, and asks the gate with the time the listener would run dry as its priority: the model
+serves the connection closest to an audible gap first (earliest deadline first), so a new reply's first
+chunk overtakes replies that have audio in hand, and many concurrent replies all keep up.
+
+Barge-in: ``cancel`` marks the utterance and wakes its sender, which stops before the next frame and sends
+``done`` at once, without waiting for a synthesis call in flight (that one finishes in its thread, its
+audio is dropped and the engine's generator is closed). The last packet of an utterance that was not
+cancelled is padded with silence. ``first_audio_ms`` is measured from the moment the utterance starts being
+processed (its turn in the queue) to its first frame being handed to the socket.
 """
 
 from __future__ import annotations
@@ -19,16 +26,17 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from gpu_server import protocol
 from gpu_server.audio import StreamResampler, float_to_pcm16
 from gpu_server.engines import EngineError, Synthesizer
-from gpu_server.gate import NORMAL, ModelGate
+from gpu_server.gate import ModelGate
 from gpu_server.metrics import SpeechMetrics
 from gpu_server.opus import OpusPacketizer
+from gpu_server.pacing import Pacer
 from gpu_server.protocol import ErrorCode, ProtocolError
 from gpu_server.sentences import split_for_speech
 from gpu_server.settings import Settings
@@ -37,6 +45,10 @@ _PAUSE_PUNCTUATION = (".", ",", "!", "?", ";", ":", "\u2026", "\u2014", "\u2013"
 _SILENCE_LEVEL = 0.02  # below this a sample is silence, for trimming
 _KEEP_AFTER_S = 0.06  # of a trimmed piece's tail: a breath, not a sentence end
 STREAM_RATES = (16000, 24000)  # the rates the protocol sends (GPU_SERVER_TTS_SAMPLE_RATE picks one for Piper)
+# Synthesize the next chunk once the listener holds less than this: enough to ride out a few other
+# connections' chunks ahead of ours in the gate, little enough to leave the model free for new replies.
+SYNTH_AHEAD_S = 1.5
+FRAME_S = protocol.FRAME_MS / 1000
 
 EmitText = Callable[[protocol.Message], Awaitable[None]]
 EmitBytes = Callable[[bytes], Awaitable[None]]
@@ -47,6 +59,14 @@ class _Utterance:
     request: protocol.Speak
     cancelled: bool = False
     capped: bool = False  # hit tts_max_audio_s
+    frames: deque[bytes] = field(default_factory=deque)  # synthesized, not sent yet
+    produced: bool = False  # the producer is done: no frame will be added
+    # Set on every change the sender waits for: frames added, production over, cancel.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.wake.set()
 
 
 class TtsSession:
@@ -72,6 +92,7 @@ class TtsSession:
         self._current: _Utterance | None = None
         self._wake = asyncio.Event()
         self._seq = 0
+        self._pacer = Pacer(FRAME_S, settings.tts_max_ahead_ms / 1000)
         # Chatterbox speaks at 24000 already and is sent as it is; Piper (22050) goes out at the setting's rate.
         native = synthesizer.sample_rate
         self.sample_rate = native if native in STREAM_RATES else settings.tts_sample_rate
@@ -96,7 +117,7 @@ class TtsSession:
         # Queued ones stay queued, marked: the worker answers them in order with a bare done.
         for utterance in (self._current, *self._queue):
             if utterance is not None and request.id in (None, utterance.request.id):
-                utterance.cancelled = True
+                utterance.cancel()
 
     def run_worker(self) -> asyncio.Task[None]:
         return asyncio.create_task(self._work(), name="tts-speaker")
@@ -114,6 +135,22 @@ class TtsSession:
                 finally:
                     self._current = None
 
+    def _deadline(self, utterance: _Utterance) -> float:
+        """When this connection's listener runs out of audio: the gate serves the earliest first."""
+        now = self._clock()
+        return now + self._pacer.buffered(now) + len(utterance.frames) * FRAME_S
+
+    async def _until_needed(self, utterance: _Utterance) -> None:
+        """Wait while the listener holds more than SYNTH_AHEAD_S (or until a cancel)."""
+        while not utterance.cancelled:
+            spare = self._deadline(utterance) - self._clock() - SYNTH_AHEAD_S
+            if spare <= 0:
+                return
+            utterance.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(spare):
+                    await utterance.wake.wait()
+
     async def _audio(self, utterance: _Utterance) -> AsyncIterator[np.ndarray]:
         """The utterance's audio at the engine's rate, chunk by chunk, until done, cancelled or capped."""
         request, rate = utterance.request, self._tts.sample_rate
@@ -121,19 +158,26 @@ class TtsSession:
         pieces = split_for_speech(request.text, short_first=self._tts.short_first_piece)
         for index, piece in enumerate(pieces):
             # A piece cut mid-sentence would end in the engine's sentence-final silence, an odd pause in
-            # the middle of a phrase: trim it, which needs its last chunk held until it is known to be last.
+            # the middle of a phrase: trim it. Only the trailing silence of each chunk is held back until the
+            # next chunk shows it was not the last (waiting to know that before sending a chunk at all cost
+            # a turn at the model, behind every other connection's synthesis, before a reply's first audio).
             trim = index < len(pieces) - 1 and not piece.endswith(_PAUSE_PUNCTUATION)
             held: np.ndarray | None = None
             chunks = self._tts.synthesize(piece, request.voice_id, budget_s, _language(request))
             try:
                 while not utterance.cancelled:
-                    chunk = await self._gate.run(next, chunks, None, priority=NORMAL)
+                    await self._until_needed(utterance)
+                    if utterance.cancelled:
+                        break
+                    chunk = await self._gate.run(next, chunks, None, priority=self._deadline(utterance))
                     if chunk is None:
                         break
                     budget_s -= len(chunk) / rate
                     if trim:
-                        chunk, held = held, chunk
-                    if chunk is not None:
+                        if held is not None and len(held):
+                            yield held  # not the end of the piece after all
+                        chunk, held = _split_trailing_silence(chunk, rate)
+                    if len(chunk):
                         yield chunk
                     if budget_s <= 0:
                         utterance.capped = True
@@ -141,9 +185,31 @@ class TtsSession:
             finally:
                 _close(chunks)
             if held is not None and not utterance.cancelled:
-                yield _trim_silence(held, rate)
+                yield held[: int(_KEEP_AFTER_S * rate)]
             if utterance.cancelled or utterance.capped:
                 return
+
+    async def _produce(self, utterance: _Utterance) -> None:
+        """Synthesize into ``utterance.frames`` (Opus packets), waking the sender as they come."""
+        resampler = StreamResampler(self._tts.sample_rate, self.sample_rate)
+        packetizer = OpusPacketizer(self.sample_rate)
+
+        def encode(chunk: np.ndarray | None) -> list[bytes]:
+            if chunk is None:  # the end: what the resampler and the last packet hold
+                return packetizer.push(float_to_pcm16(resampler.flush())) + packetizer.flush()
+            return packetizer.push(float_to_pcm16(resampler.push(chunk)))
+
+        try:
+            async with contextlib.aclosing(self._audio(utterance)) as audio:
+                async for chunk in audio:
+                    # ~15 ms per second of audio: off the event loop, which paces every connection's frames.
+                    utterance.frames.extend(await asyncio.to_thread(encode, chunk))
+                    utterance.wake.set()
+            if not utterance.cancelled:
+                utterance.frames.extend(encode(None))
+        finally:
+            utterance.produced = True
+            utterance.wake.set()
 
     async def _speak(self, utterance: _Utterance) -> None:
         request = utterance.request
@@ -152,35 +218,22 @@ class TtsSession:
             return
         started = self._clock()
         try:
-            await self._gate.run(self._tts.prepare_voice, request.voice_id, _language(request), priority=NORMAL)
+            await self._gate.run(self._tts.prepare_voice, request.voice_id, _language(request), priority=started)
         except EngineError as e:
             await self._emit(protocol.Error(ErrorCode.BAD_MESSAGE, str(e)))
             await self._emit(protocol.TtsDone(request.id, 0, 0.0, None, cancelled=True))
             return
         await self._emit(protocol.TtsStart(request.id, sample_rate=self.sample_rate))
-        resampler = StreamResampler(self._tts.sample_rate, self.sample_rate)
-        packetizer = OpusPacketizer(self.sample_rate)
-        frames = 0
-        first_audio: float | None = None
-
-        async def send(packets: list[bytes]) -> None:
-            nonlocal frames, first_audio
-            for packet in packets:
-                if utterance.cancelled:
-                    return
-                await self._emit_frame(protocol.pack_frame(self._seq, frames * protocol.FRAME_MS * 1000, packet))
-                if first_audio is None:
-                    first_audio = self._clock() - started
-                    self._metrics.tts_first_audio.observe(first_audio)
-                self._seq = (self._seq + 1) & 0xFFFFFFFF
-                frames += 1
-
-        async with contextlib.aclosing(self._audio(utterance)) as audio:
-            async for chunk in audio:
-                await send(packetizer.push(float_to_pcm16(resampler.push(chunk))))
-        if not utterance.cancelled:
-            await send(packetizer.push(float_to_pcm16(resampler.flush())))
-            await send(packetizer.flush())
+        producer = asyncio.create_task(self._produce(utterance), name="tts-synthesis")
+        try:
+            frames, first_audio = await self._send(utterance, started)
+        finally:
+            if not producer.done():
+                producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer  # a failed synthesis surfaces here
+        if utterance.cancelled:
+            self._pacer.reset()  # the listener dropped what it held: the next reply starts at once
         if utterance.capped:
             await self._emit(
                 protocol.Error(ErrorCode.TOO_LARGE, f"audio capped at {self._settings.tts_max_audio_s:g} s")
@@ -197,15 +250,45 @@ class TtsSession:
             )
         )
 
+    async def _send(self, utterance: _Utterance, started: float) -> tuple[int, float | None]:
+        """Send the frames as the pacer releases them, until the last one or a cancel."""
+        frames, first_audio = 0, None
+        queue = utterance.frames
+        while not utterance.cancelled:
+            if not queue:
+                if utterance.produced:
+                    break
+                utterance.wake.clear()
+                if not queue and not utterance.produced and not utterance.cancelled:
+                    await utterance.wake.wait()
+                continue
+            now = self._clock()
+            wait = self._pacer.release_at(now) - now
+            if wait > 0:
+                utterance.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await utterance.wake.wait()  # only a cancel matters; anything else re-checks
+                continue
+            await self._emit_frame(protocol.pack_frame(self._seq, frames * protocol.FRAME_MS * 1000, queue.popleft()))
+            self._pacer.sent(self._clock())
+            if first_audio is None:
+                first_audio = self._clock() - started
+                self._metrics.tts_first_audio.observe(first_audio)
+            self._seq = (self._seq + 1) & 0xFFFFFFFF
+            frames += 1
+        return frames, first_audio
+
 
 def _language(request: protocol.Speak) -> str:
     return request.language or "en"
 
 
-def _trim_silence(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+def _split_trailing_silence(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the audio up to its last loud sample, the silence after it)."""
     loud = np.flatnonzero(np.abs(audio) > _SILENCE_LEVEL)
-    end = (loud[-1] + 1 if len(loud) else 0) + int(_KEEP_AFTER_S * sample_rate)
-    return audio[: max(end, 1)]
+    end = loud[-1] + 1 if len(loud) else 0
+    return audio[:end], audio[end:]
 
 
 def _close(chunks: object) -> None:

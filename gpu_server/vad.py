@@ -108,7 +108,8 @@ class Endpointer:
         self.samples = 0  # end of the last window seen, on the 16 kHz stream clock
         self.last_speech_end = 0
         self.speech_windows = 0  # speech windows in the current utterance
-        self.last_pause = -1  # end of the latest silent window inside the current utterance
+        # Silent runs (start, end) inside the current utterance, oldest first: where it may be cut.
+        self.pauses: list[tuple[int, int]] = []
         self._run = 0
 
     @property
@@ -127,7 +128,7 @@ class Endpointer:
                 self.in_speech = True
                 self.speech_windows = self._run
                 self.last_speech_end = self.samples
-                self.last_pause = -1
+                self.pauses = []
                 self._run = 0
                 return SpeechStart(self.samples - cfg.start_windows * WINDOW)
             return None
@@ -135,7 +136,10 @@ class Endpointer:
             self.last_speech_end = self.samples
             self.speech_windows += 1
         elif prob < cfg.neg_threshold:
-            self.last_pause = self.samples
+            if self.pauses and self.pauses[-1][1] == start:
+                self.pauses[-1] = (self.pauses[-1][0], self.samples)
+            else:
+                self.pauses.append((start, self.samples))
         elif self.last_speech_end == start:
             # Between the thresholds right after speech: still speech (Silero's hysteresis).
             self.last_speech_end = self.samples
@@ -145,7 +149,11 @@ class Endpointer:
             return SpeechEnd(self.last_speech_end)
         return None
 
-    def restart_utterance(self) -> None:
-        """After a forced split of a long utterance: keep speaking, count the new part from zero."""
+    def restart_utterance(self, sample: int) -> None:
+        """After a long utterance is split at ``sample``: keep speaking, count the new part from zero."""
         self.speech_windows = 0
-        self.last_pause = -1
+        self.forget_pauses_before(sample)
+
+    def forget_pauses_before(self, sample: int) -> None:
+        """Pauses before ``sample`` can no longer be cut at (their audio is decoded and committed)."""
+        self.pauses = [(max(a, sample), b) for a, b in self.pauses if b > sample]

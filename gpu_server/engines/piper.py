@@ -33,11 +33,27 @@ class PiperSynthesizer:
 
     @classmethod
     def load(cls, settings: Settings) -> PiperSynthesizer:
+        import json
+
+        import onnxruntime
         from piper import PiperVoice
+        from piper.config import PiperConfig
 
         model_path, config_path = _voice_paths(settings.piper_voice)
+        opts = onnxruntime.SessionOptions()
+        # Concurrent calls (``Settings.tts_calls``) share the cores, each on its own threads (oversubscribed
+        # threads only slow each other down). Without ONNX Runtime's arena, the few hundred MB a long sentence needs go
+        # back to the system after the call instead of staying reserved for good (the VITS decoder's
+        # intermediate tensors grow with the length of the audio).
+        opts.intra_op_num_threads = settings.threads_per_call(settings.tts_calls("piper"))
+        opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False
+        opts.log_severity_level = 3
         try:
-            voice = PiperVoice.load(model_path, config_path)
+            with open(config_path, encoding="utf-8") as f:
+                config = PiperConfig.from_dict(json.load(f))
+            session = onnxruntime.InferenceSession(model_path, sess_options=opts, providers=["CPUExecutionProvider"])
+            voice = PiperVoice(session=session, config=config)
         except Exception as e:
             raise EngineError(f"cannot load Piper voice {model_path}: {e}") from e
         engine = cls(voice, Path(model_path).stem)

@@ -7,8 +7,10 @@ rounded up to 5 s and at least ``stt_min_window_s`` (10 s by default; a 1 s part
 Shorter windows make Whisper repeat itself, so any decode that reads like a loop (see
 ``transcript.is_runaway``) is redone with the full 30 s window.
 
-Decoding is single-segment, without timestamps and without conditioning on earlier text: an utterance is
-at most ~25 s (the stream splits longer ones), and old text is what feeds hallucination loops.
+Decoding is single-segment, without timestamps and without conditioning on earlier text: a request is at
+most ~25 s (the stream commits long utterances piece by piece), and old text is what feeds hallucination
+loops (given the previous stretch's text as its prompt, tiny.en repeated that text in ~1 of 5 stretches:
+streaming WER 9% against 0.9% without).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class WhisperTranscriber:
                 source.model,
                 device=device,
                 compute_type=compute_type,
-                cpu_threads=settings.resolved_cpu_threads(),
+                cpu_threads=settings.threads_per_call(settings.stt_concurrency),
                 num_workers=settings.stt_concurrency,
                 # Weights are baked into the image or bundled; never fetch them at run time.
                 local_files_only=True,
@@ -126,12 +128,26 @@ class WhisperTranscriber:
         return self.transcribe_batch([DecodeRequest(audio, language, beam_size, prefix)])[0]
 
     def transcribe_batch(self, requests: Sequence[DecodeRequest]) -> list[Transcription]:
-        """One encoder pass and one generate call for the whole batch (much cheaper per item than one
-        call each: a decoder step costs about the same for one sequence or a few)."""
+        """One encoder pass and one generate call per window size in the batch (much cheaper per item than
+        one call each: a decoder step costs about the same for one sequence or a few). Requests are not
+        padded to a longer one's window: the encoder's cost grows with it, so one long utterance in a batch
+        of short ones would make all of them as slow as it."""
         if len({r.beam_size for r in requests}) > 1:
             raise ValueError("a batch shares one beam size")
         audio = [np.asarray(r.audio, dtype=np.float32)[: int(FULL_WINDOW_S * SAMPLE_RATE)] for r in requests]
-        window_s = max(self._window_s(len(a) / SAMPLE_RATE) for a in audio)
+        groups: dict[float, list[int]] = {}
+        for i, samples in enumerate(audio):
+            groups.setdefault(self._window_s(len(samples) / SAMPLE_RATE), []).append(i)
+        results: list[Transcription] = [Transcription("", 0.0, 1.0)] * len(requests)
+        for window_s, members in groups.items():
+            decoded = self._decode_window([audio[i] for i in members], [requests[i] for i in members], window_s)
+            for i, result in zip(members, decoded, strict=True):
+                results[i] = result
+        return results
+
+    def _decode_window(
+        self, audio: list[np.ndarray], requests: Sequence[DecodeRequest], window_s: float
+    ) -> list[Transcription]:
         results = self._decode(audio, requests, window_s)
         runaway = [
             i for i, (a, r) in enumerate(zip(audio, results, strict=True))

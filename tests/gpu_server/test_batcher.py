@@ -39,3 +39,13 @@ async def test_urgent_requests_overtake_and_beam_sizes_never_mix(engines, spoken
         rest += [batcher.transcribe(DecodeRequest(audio, "en", 2), priority=URGENT) for _ in range(2)]
         await asyncio.gather(first, *rest)
     assert order == [(1,), (2, 2), (1, 1)]
+
+
+
+def test_a_batch_of_short_and_long_utterances_answers_each_in_its_place(engines, spoken):
+    """Decoded per window size (a long one does not make the short ones pay for its window), in order."""
+    audio = [pcm.astype(np.float32) / 32768 for pcm in spoken.pcm16k]
+    long = np.concatenate(audio[:3])  # ~11 s: a 15 s window where the others need 10 s
+    results = engines.stt.transcribe_batch([DecodeRequest(a, "en", 1) for a in (audio[3], long, audio[0])])
+    texts = [r.text for r in results]
+    assert word_error_rate([SENTENCES[3], " ".join(SENTENCES[:3]), SENTENCES[0]], texts) < 0.1, texts

@@ -53,3 +53,25 @@ async def test_cancelled_caller_keeps_the_slot_until_the_thread_finishes():
     await gate.run(lambda: None)
     assert finished.is_set()  # the next call waited for the abandoned thread
     assert time.monotonic() - started_next > 0.1
+
+
+async def test_deadlines_are_served_earliest_first():
+    """TTS asks with the time its listener runs dry: the nearest gap goes first, whatever the arrival order."""
+    gate = ModelGate(1)
+    release = threading.Event()
+    order: list[float] = []
+
+    def work(deadline: float) -> None:
+        if deadline == 0:
+            release.wait(5)
+        order.append(deadline)
+
+    blocker = asyncio.create_task(gate.run(work, 0.0, priority=0.0))
+    await asyncio.sleep(0.05)
+    waiting = []
+    for deadline in (1012.5, 1000.25, 1003.0):
+        waiting.append(asyncio.create_task(gate.run(work, deadline, priority=deadline)))
+        await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(blocker, *waiting)
+    assert order == [0.0, 1000.25, 1003.0, 1012.5]

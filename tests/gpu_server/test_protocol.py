@@ -85,8 +85,11 @@ def test_wire_shapes_match_the_design():
         "type": "done", "id": "u1", "frames": 3, "audio_ms": 60.0, "first_audio_ms": 12.5, "cancelled": False,
     }
     assert json.loads(protocol.encode(protocol.Final("hi", 0.5, 1.0))) == {
-        "type": "final", "text": "hi", "start": 0.5, "end": 1.0,
+        "type": "final", "text": "hi", "start": 0.5, "end": 1.0, "end_of_turn": True,
     }
+    assert json.loads(protocol.encode(protocol.Final("hi", 0.5, 1.0, end_of_turn=False)))["end_of_turn"] is False
+    # A final from a server that predates the field is an end of turn.
+    assert protocol.parse_stt_server('{"type": "final", "text": "hi", "start": 0, "end": 1}').end_of_turn is True
     assert json.loads(protocol.encode(protocol.Cancel())) == {"type": "cancel"}
     assert protocol.parse_stt_client('{"type": "start"}') == protocol.SttStart(16000, "pcm_s16le", "en")
 

@@ -71,13 +71,53 @@ async def test_silence_and_noise_give_no_text(server):
         assert isinstance(result.events[-1].message, protocol.Done)
 
 
-async def test_long_utterance_is_split_into_several_finals(start_server, spoken):
+def trimmed(pcm: np.ndarray, level: int = 400, keep: int = 800) -> np.ndarray:
+    """Speech without Piper's leading and trailing silence (keeping 50 ms at 16 kHz)."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > level)
+    return pcm[max(0, loud[0] - keep) : loud[-1] + keep]
+
+
+def joined(parts: list[np.ndarray], gap_s: float = 0.2) -> tuple[np.ndarray, list[float]]:
+    """Sentences joined with short pauses (well under the 500 ms endpoint): one turn. Also returns where
+    each pause sits on the stream clock (its middle, in seconds)."""
+    out, pauses, t = [], [], 0.0
+    for i, part in enumerate(parts):
+        if i:
+            out.append(silence(gap_s))
+            pauses.append(t + gap_s / 2)
+            t += gap_s
+        out.append(part)
+        t += len(part) / 16000
+    return np.concatenate([*out, silence(1.0)]), pauses
+
+
+async def test_a_long_turn_is_sent_in_parts_cut_at_a_pause_and_marked_not_end_of_turn(start_server, spoken):
     with start_server(max_utterance_s=4.0) as small:
-        audio = np.concatenate([spoken.pcm16k[0], spoken.pcm16k[2]])  # ~6 s with no pause over 500 ms
+        audio, pauses = joined([trimmed(spoken.pcm16k[0]), trimmed(spoken.pcm16k[2])])  # ~6.5 s, one turn
+        result = await client.transcribe(small.ws("/ws/stt"), token(), audio, 16000, realtime=True)
+    finals = [e.message for e in result.events if isinstance(e.message, protocol.Final) and e.message.text]
+    assert [f.end_of_turn for f in finals] == [False, True], finals
+    # Cut in the pause between the sentences, not mid-word; the next part starts where the first ended.
+    assert abs(finals[0].end - pauses[0]) < 0.25 and finals[1].start == finals[0].end
+    assert word_error_rate([SENTENCES[0]], [finals[0].text]) < 0.2, finals[0].text
+    assert word_error_rate([SENTENCES[2]], [finals[1].text]) < 0.2, finals[1].text
+    # One turn: one speech_started; partials keep coming between the parts.
+    assert sum(isinstance(e.message, protocol.SpeechStarted) for e in result.events) == 1
+    assert len(result.turns) == 1 and word_error_rate([f"{SENTENCES[0]} {SENTENCES[2]}"], result.turns) < 0.2
+    first_at, last_at = (e.at for e in result.events if isinstance(e.message, protocol.Final) and e.message.text)
+    assert any(first_at < p.at < last_at for p in result.partials)
+
+
+async def test_a_turn_without_a_pause_is_still_cut_when_it_grows_too_long(start_server, spoken):
+    """Audio sent faster than real time: commits at pauses cannot keep up, so the long turn is cut by a
+    commit forced at its best VAD pause, and the reader waits for it instead of buffering without bound."""
+    with start_server(max_utterance_s=4.0) as small:
+        audio, _ = joined([trimmed(pcm) for pcm in spoken.pcm16k[:3]])  # ~10 s, one turn
         result = await client.transcribe(small.ws("/ws/stt"), token(), audio, 16000, realtime=False)
-    assert len(result.finals) >= 2
-    assert all(f.end - f.start <= 4.5 for f in result.finals)
-    assert word_error_rate([SENTENCES[0] + " " + SENTENCES[2]], [result.text]) < 0.2, result.text
+    finals = [e.message for e in result.events if isinstance(e.message, protocol.Final) and e.message.text]
+    assert len(finals) >= 2 and [f.end_of_turn for f in finals] == [False] * (len(finals) - 1) + [True]
+    assert all(f.end - f.start <= 4.5 for f in finals)
+    assert word_error_rate([" ".join(SENTENCES[:3])], [result.text]) < 0.2, result.text
 
 
 async def test_bad_input_gets_errors_while_other_streams_keep_working(server, spoken):
@@ -150,3 +190,50 @@ async def test_endpoint_gives_the_final_without_any_stop(server, spoken):
     )
     assert [f.text for f in result.finals] and not any(isinstance(e.message, protocol.Done) for e in result.events)
     assert word_error_rate([SENTENCES[3]], [result.text]) < 0.2, result.text
+
+
+class RecordingWhisper:
+    """The real Whisper engine, noting the length of audio each final-beam decode is given."""
+
+    sample_rate = 16000
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.final_decodes_s: list[float] = []
+
+    def supports_language(self, language: str) -> bool:
+        return self._engine.supports_language(language)
+
+    def transcribe_batch(self, requests):
+        self.final_decodes_s += [len(r.audio) / 16000 for r in requests if r.beam_size > 1]
+        return self._engine.transcribe_batch(requests)
+
+
+async def test_the_end_of_turn_decodes_only_the_tail_after_the_last_pause(engines, spoken):
+    """A ~10 s turn with breaths between sentences: its text is committed pause by pause while it is
+    spoken, so no decode ever covers the whole turn (that one grew with the turn's length)."""
+    whisper = RecordingWhisper(engines.stt)
+    sent: list[protocol.Message] = []
+
+    async def emit(message):
+        sent.append(message)
+
+    audio, _ = joined([trimmed(pcm) for pcm in spoken.pcm16k[:3]])
+    async with DecodeBatcher(whisper) as batcher:
+        stream = SttStream(
+            transcriber=whisper, vad=engines.vad, batcher=batcher, settings=make_settings(),
+            metrics=SpeechMetrics(), emit=emit,
+        )
+        worker = stream.run_worker()
+        started = asyncio.get_running_loop().time()
+        for i, chunk in enumerate(client.chunk_pcm(audio, 16000)):
+            await asyncio.sleep(max(0.0, started + i * 0.02 - asyncio.get_running_loop().time()))
+            await stream.audio(chunk)
+        await stream.stop()
+        await worker
+    finals = [m for m in sent if isinstance(m, protocol.Final) and m.text]
+    assert len(finals) == 1 and finals[0].end_of_turn
+    assert word_error_rate([" ".join(SENTENCES[:3])], [finals[0].text]) < 0.15, finals[0].text
+    turn_s = finals[0].end - finals[0].start
+    assert turn_s > 9 and whisper.final_decodes_s and max(whisper.final_decodes_s) < 0.8 * turn_s, (
+        turn_s, whisper.final_decodes_s)

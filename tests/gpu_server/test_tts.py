@@ -1,6 +1,7 @@
 """/ws/tts over a real socket: 20 ms Opus frames with the DESIGN.md header, queueing, cancel, limits."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -94,6 +95,132 @@ async def test_session_stops_within_one_frame_of_cancel(engines: Engines):
     worker.cancel()
     assert cancelled_at == [7] and len(sent) == 7
     assert messages[-1] == protocol.TtsDone("x", 7, 140.0, messages[-1].first_audio_ms, cancelled=True)
+
+
+async def test_frames_arrive_at_most_the_lead_ahead_of_real_time(server):
+    """Paced: a client that plays frames as they come holds at most the lead (300 ms) after the first burst,
+    never most of the reply (Piper synthesizes it ~20x faster than it plays)."""
+    async with client.TtsConnection(server.ws("/ws/tts"), token()) as tts:
+        speech = await tts.speak(" ".join(SENTENCES[:2]))
+    first = speech.frames[0].received_at
+    ahead = [(k + 1) * 0.02 - (frame.received_at - first) for k, frame in enumerate(speech.frames)]
+    lead = make_settings().tts_max_ahead_ms / 1000
+    assert speech.audio_ms > 4000
+    assert max(ahead) <= lead + 0.02 + 0.15  # the burst and the frame playing, plus delivery jitter
+    assert max(ahead[: int(lead / 0.02)]) >= lead * 0.5  # the first burst does come at once
+
+
+class WrappedPiper:
+    """The real Piper voice behind the engine interface, for doubles that change one behaviour."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.sample_rate = engine.sample_rate
+        self.short_first_piece = engine.short_first_piece
+
+    def supports_language(self, language) -> bool:
+        return self._engine.supports_language(language)
+
+    def prepare_voice(self, voice_id, language="en") -> None:
+        return None
+
+
+class BlockingPiper(WrappedPiper):
+    """The real Piper voice, except that its second chunk waits in the worker thread until released: a
+    synthesis call still running when the cancel comes."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._chunks = 0
+
+    def synthesize(self, text, voice_id, max_audio_s, language="en"):
+        for chunk in self._engine.synthesize(text, voice_id, max_audio_s, language):
+            self._chunks += 1
+            if self._chunks == 2:
+                self.entered.set()
+                self.release.wait(30)
+            yield chunk
+
+
+async def test_cancel_sends_done_at_once_without_waiting_for_the_synthesis_in_flight(engines: Engines):
+    piper = BlockingPiper(engines.tts)
+    sent: list[bytes] = []
+    messages: list[protocol.Message] = []
+    still_synthesizing: list[bool] = []
+    finished = asyncio.Event()
+    session: TtsSession
+
+    async def emit_frame(data: bytes) -> None:
+        sent.append(data)
+        if len(sent) == 3:
+            await asyncio.to_thread(piper.entered.wait, 30)  # the second chunk is being synthesized
+            await session.cancel(protocol.Cancel("x"))
+
+    async def emit(message: protocol.Message) -> None:
+        messages.append(message)
+        if isinstance(message, protocol.TtsDone):
+            still_synthesizing.append(not piper.release.is_set())
+            finished.set()
+
+    session = TtsSession(
+        synthesizer=piper, gate=ModelGate(1), settings=make_settings(), metrics=SpeechMetrics(),
+        emit=emit, emit_frame=emit_frame,
+    )
+    worker = session.run_worker()
+    await session.speak(protocol.Speak("x", "Okay. " + LONG_TEXT))
+    await asyncio.wait_for(finished.wait(), 30)
+    piper.release.set()
+    await asyncio.sleep(0.2)  # the abandoned chunk comes back from its thread: nothing more may be sent
+    worker.cancel()
+    assert still_synthesizing == [True]
+    assert len(sent) == 3 and messages[-1] == protocol.TtsDone("x", 3, 60.0, messages[-1].first_audio_ms, cancelled=True)
+
+
+class SlowToFinish(WrappedPiper):
+    """The real Piper voice, except that after its first piece's audio the engine takes its time to say it
+    has no more (the model is busy with other connections)."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.finishing = threading.Event()
+        self.release = threading.Event()
+        self._pieces = 0
+
+    def synthesize(self, text, voice_id, max_audio_s, language="en"):
+        self._pieces += 1
+        yield from self._engine.synthesize(text, voice_id, max_audio_s, language)
+        if self._pieces == 1:
+            self.finishing.set()
+            self.release.wait(30)
+
+
+async def test_the_first_audio_does_not_wait_to_learn_that_its_piece_is_over(engines: Engines):
+    """The first piece ("The kitchen lights", cut mid-sentence, so its trailing silence is trimmed) is sent
+    while the engine is still asked whether more of it is coming."""
+    piper = SlowToFinish(engines.tts)
+    sent_while_finishing: list[bool] = []
+    finished = asyncio.Event()
+
+    async def emit_frame(data: bytes) -> None:
+        sent_while_finishing.append(piper.finishing.is_set() and not piper.release.is_set())
+        if sent_while_finishing.count(True) == 3:
+            piper.release.set()  # held back until the end of the piece is known, no frame would ever come
+
+    async def emit(message: protocol.Message) -> None:
+        if isinstance(message, protocol.TtsDone):
+            finished.set()
+
+    session = TtsSession(
+        synthesizer=piper, gate=ModelGate(1), settings=make_settings(), metrics=SpeechMetrics(),
+        emit=emit, emit_frame=emit_frame,
+    )
+    worker = session.run_worker()
+    await session.speak(protocol.Speak("x", "The kitchen lights are now turned off."))
+    await asyncio.wait_for(finished.wait(), 30)
+    worker.cancel()
+    assert sent_while_finishing.count(True) == 3 and len(sent_while_finishing) > 50
 
 
 async def test_limits_give_clear_errors_and_the_connection_keeps_working(server):

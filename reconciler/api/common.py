@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from gpu_server.auth import issue_token
 
@@ -38,21 +39,27 @@ class ApiConfig:
 
 # No control characters in the text a client names things with: PostgreSQL cannot store NUL at all (the
 # request failed with a 500 there, and was stored on SQLite), and the rest only garble logs and events.
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
 
 class LeaseCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    session_id: str = Field(min_length=1, max_length=200, pattern=_PRINTABLE)
-    voice_id: str | None = Field(default=None, max_length=200, pattern=_PRINTABLE)
-    language: str | None = Field(default=None, max_length=16, pattern=_PRINTABLE)
+    session_id: str = Field(min_length=1, max_length=200, pattern=PRINTABLE)
+    voice_id: str | None = Field(default=None, max_length=200, pattern=PRINTABLE)
+    language: str | None = Field(default=None, max_length=16, pattern=PRINTABLE)
 
 
-# Every Policy field, optional: what PATCH /v1/policy takes (the merged policy is validated as a Policy).
+# Every Policy field, optional, with its bounds (so the OpenAPI document states them): what PATCH /v1/policy
+# takes. The merged policy is validated as a Policy (rules across fields, gpu type names).
+def _optional(field: FieldInfo) -> Any:
+    bounded = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return bounded | None
+
+
 PolicyPatch = create_model(
     "PolicyPatch", __config__=ConfigDict(extra="forbid", strict=True),
-    **{name: (field.annotation | None, None) for name, field in Policy.model_fields.items()},
+    **{name: (_optional(field), None) for name, field in Policy.model_fields.items()},
 )
 
 

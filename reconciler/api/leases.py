@@ -8,7 +8,7 @@ import json
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -29,14 +29,17 @@ from .common import (
     lease_body,
     render_lease,
 )
+from .schema import COMPANION, ID_MAX_LENGTH, ID_PATTERN, LeaseList, LeaseOut, errors, ok
 
 leases = APIRouter(prefix="/v1/leases", tags=["leases"])
 # An explicit Idempotency-Key whose lease has ended answers 409 for this long, then names a new lease (Stripe keeps
 # keys 24 h). The default key, the session id, names a new lease as soon as the session's lease has ended.
 REPLAY_WINDOW_S = 24 * 3600.0
+LeaseId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
 
 
-@leases.post("", status_code=201, openapi_extra=json_schema_body(LeaseCreate))
+@leases.post("", status_code=201, openapi_extra=json_schema_body(LeaseCreate),
+             responses={**ok(LeaseOut, 200, 201), **errors(400, *COMPANION, 409, 413, 503)})
 async def create_lease(
     request: Request, ctl: Ctl, _: Companion,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -126,9 +129,9 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
     return _created(row)
 
 
-@leases.get("/{lease_id}")
+@leases.get("/{lease_id}", responses={**ok(LeaseOut, 200), **errors(*COMPANION, 404)})
 async def get_lease(
-    lease_id: str, ctl: Ctl, _: Companion, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0
+    lease_id: LeaseId, ctl: Ctl, _: Companion, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0
 ) -> dict[str, Any]:
     lease, pod = await _lease_or_404(ctl, lease_id)
     deadline = asyncio.get_running_loop().time() + wait
@@ -150,8 +153,8 @@ async def get_lease(
     return await render_lease(ctl, lease, pod)
 
 
-@leases.post("/{lease_id}/heartbeat")
-async def heartbeat(lease_id: str, ctl: Ctl, _: Companion) -> dict[str, Any]:
+@leases.post("/{lease_id}/heartbeat", responses={**ok(LeaseOut, 200), **errors(*COMPANION, 404, 409)})
+async def heartbeat(lease_id: LeaseId, ctl: Ctl, _: Companion) -> dict[str, Any]:
     now = ctl.clock()
     lease, pod = await ctl.store.heartbeat(lease_id, now + ctl.tuning.lease_ttl_s, now)
     if lease is None:
@@ -165,9 +168,9 @@ async def heartbeat(lease_id: str, ctl: Ctl, _: Companion) -> dict[str, Any]:
     return await render_lease(ctl, lease, pod)
 
 
-@leases.delete("/{lease_id}")
+@leases.delete("/{lease_id}", responses={**ok(LeaseOut, 200), **errors(*COMPANION, 404)})
 async def release(
-    lease_id: str, ctl: Ctl, _: Companion, pod_failed: Annotated[bool, Query()] = False
+    lease_id: LeaseId, ctl: Ctl, _: Companion, pod_failed: Annotated[bool, Query()] = False
 ) -> dict[str, Any]:
     """Release a lease (idempotent). ``?pod_failed=true``: the client could not reach the pod; it is taken
     out of the warm pool until a health probe says otherwise, so the next lease does not land on it."""
@@ -190,7 +193,7 @@ async def release(
     return await render_lease(ctl, lease)
 
 
-@leases.get("")
+@leases.get("", responses={**ok(LeaseList, 200), **errors(401, 403, 422)})
 async def list_leases(
     ctl: Ctl, _: Admin, state: Annotated[LeaseState | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,

@@ -238,3 +238,45 @@ async def test_openapi_documents_the_bodies_the_handlers_read_themselves(stack):
     assert body("/v1/leases", "post")["required"] == ["session_id"]
     policy_fields = set(body("/v1/policy", "patch")["properties"])
     assert policy_fields == set((await api.get("/v1/policy", ADMIN)).json())  # every policy field, no more
+
+
+async def test_ids_and_filters_that_cannot_name_a_record_are_refused_before_the_database(stack):
+    """A NUL in an id or a filter was a 500 on PostgreSQL (it cannot even compare such a string); ids the API never
+    hands out, and over-long ones, are refused as invalid without a lookup."""
+    server, api, emu = stack
+    for method, path, token in [
+        ("GET", "/v1/leases/a%00b", COMPANION), ("POST", "/v1/leases/a%00b/heartbeat", COMPANION),
+        ("DELETE", "/v1/leases/a%00b", COMPANION), ("GET", "/v1/pods/a%00b", ADMIN),
+        ("POST", "/v1/pods/a%00b/stop", ADMIN), ("GET", "/v1/events?object=pod/a%00b", ADMIN),
+        ("GET", "/v1/leases/" + "l" * 65, COMPANION), ("GET", "/v1/leases/l_%E2%9C%93", COMPANION),
+    ]:
+        response = await api.http.request(method, path, headers=api.h(token))
+        assert response.status_code == 422, (path, response.status_code, response.text)
+        assert response.json()["error"]["code"] == "invalid_request"
+    assert (await api.get("/v1/leases/l_0123456789abcdef")).status_code == 404  # a well-formed id is looked up
+
+
+async def test_openapi_declares_every_answer_with_its_body(stack):
+    server, api, emu = stack
+    spec = (await api.http.get("/openapi.json")).json()
+    error_ref = "#/components/schemas/ErrorBody"
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status in ("401", "422"):  # every /v1 route: a missing token, a bad parameter
+                assert responses[status]["content"]["application/json"]["schema"]["$ref"] == error_ref, (path, method)
+            if path != "/v1/leases" or method == "get":
+                admin_only = not path.startswith("/v1/leases") or (path == "/v1/leases" and method == "get")
+                assert ("403" in responses) == admin_only, (path, method)
+    create = spec["paths"]["/v1/leases"]["post"]["responses"]
+    assert {"200", "201", "409", "413", "503"} <= set(create)  # a replay is 200, a full queue 503
+    assert create["200"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/LeaseOut"
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # FastAPI's 422 body is not what we send
+    patch = spec["paths"]["/v1/policy"]["patch"]["requestBody"]["content"]["application/json"]["schema"]
+    idle = next(s for s in patch["properties"]["idle_ttl_s"]["anyOf"] if s["type"] == "number")
+    assert (idle["minimum"], idle["maximum"]) == (0, 7 * 86400)  # the policy's bounds, as the handler applies them
+    verb = next(p for p in spec["paths"]["/v1/pods/{pod_id}/{op}"]["post"]["parameters"] if p["name"] == "op")
+    assert verb["schema"]["enum"] == ["stop", "start", "terminate", "cordon", "uncordon"]
+    assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import tempfile
@@ -45,6 +46,7 @@ def main() -> int:
     parser.add_argument("--graphql-share", type=float, default=0.25, help="share of restarts on GraphQL")
     parser.add_argument("--keep", type=Path, help="keep the database and the daemon's log in this directory")
     args = parser.parse_args()
+    logging.getLogger().setLevel(logging.WARNING)  # the runpod SDK configures the root logger at import (INFO)
     config = ChaosConfig(kills=args.kills, seed=args.seed, arrivals_per_s=args.arrivals_per_s,
                          fault_rate=args.fault_rate, graphql_share=args.graphql_share)
     started = time.monotonic()

@@ -89,8 +89,8 @@ def _replay(ctl: Controller, existing: LeaseRow, request_hash: str) -> Response:
 
 
 async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: str) -> Response:
-    """The warm path inline (a Ready pod with a free slot, checked by the insert itself), else pending.
-    The first response is stored with the row, so a replay returns it byte for byte."""
+    """The warm path inline (a Ready pod with a free slot, checked by the insert itself) unless leases are queued,
+    else pending. The first response is stored with the row, so a replay returns it byte for byte."""
     now = ctl.clock()
     row = LeaseRow(
         id="l_" + secrets.token_hex(8), session_id=req.session_id, voice_id=req.voice_id, language=req.language,
@@ -98,7 +98,10 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
         expires_at=now + ctl.tuning.lease_ttl_s,
     )
     per_pod = ctl.policy.sessions_per_pod
-    for pod, used in await ctl.store.warm_candidates(per_pod):
+    queued = await ctl.store.queue_length()
+    # Leases already waiting go first: a slot that frees up is theirs (the next pass, woken by the release, assigns
+    # it in queue order). Taken here by each newcomer instead, it left the queue waiting until pending_timeout_s.
+    for pod, used in [] if queued else await ctl.store.warm_candidates(per_pod):
         warm = row.model_copy(update={
             "pod_id": pod.id, "slot": next(s for s in range(per_pod) if s not in used),
             "path": ClaimPath.WARM.value, "state": LeaseState.READY.value, "ready_at": now,
@@ -114,7 +117,6 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
                 return _created(warm)
         except SlotTaken:
             continue  # another request took that slot a moment ago: try the next pod
-    queued = await ctl.store.queue_length()
     if queued >= ctl.tuning.queue_limit:
         if existing := await ctl.store.lease_by_key(key):  # a replay is answered even when the queue is full
             return _replay(ctl, existing, request_hash)

@@ -300,8 +300,11 @@ class ChaosRun:
             lease = body
         while lease["state"] == "pending":
             response = await self._call("GET", f"/v1/leases/{lease['id']}", params={"wait": 5})
-            if response is not None and response.status_code == 200:
+            if response is not None:
                 lease = self._keep(response)
+                if response.status_code != 200:
+                    self.figures.violations.append(f"lease {key}: GET answered {response.status_code}: {lease}")
+                    return
         if lease["state"] != "ready":
             return
         self.figures.wait_seen.append(time.monotonic() - first)
@@ -309,16 +312,21 @@ class ChaosRun:
         while time.monotonic() < hold_until:
             response = await self._call("POST", f"/v1/leases/{lease['id']}/heartbeat")
             if response is not None:
-                self._keep(response)
+                body = self._keep(response)
                 if response.status_code == 409:
                     return  # it ended under us (its pod was lost): the reason is in the lease
+                if response.status_code != 200:
+                    self.figures.violations.append(f"lease {key}: heartbeat answered {response.status_code}: {body}")
+                    return
             await asyncio.sleep(1.0)
         if rng.random() < self.cfg.vanish_share:
             return
         while not self.stop_sessions.is_set():
             response = await self._call("DELETE", f"/v1/leases/{lease['id']}")
             if response is not None:
-                self._keep(response)
+                body = self._keep(response)
+                if response.status_code != 200:
+                    self.figures.violations.append(f"lease {key}: release answered {response.status_code}: {body}")
                 return
 
     # --------------------------------------------------------------------------------------------- checks

@@ -29,7 +29,6 @@ async def test_sigkills_and_faults_lose_no_lease_and_leak_no_pod(tmp_path):
                                    "expired before a pod", "failed before a pod"}, figures.leases
     assert figures.pods_unknown == 0 and figures.pods_leaked == 0
     assert figures.faults_fired["internal"] and figures.faults_fired["timeout"], figures.faults_fired
-    assert figures.events["OutOfStock"] or figures.events["CreateFailed"], figures.events
     # What the controller read from RunPod's billing records is the bill. Its own estimate cannot see the time the
     # daemon was down or starting (nor each killed daemon's last moments since its last pass): it falls short of
     # the bill, by about what RunPod billed in those windows, and never exceeds it.

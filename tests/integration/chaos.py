@@ -81,6 +81,8 @@ class Figures:
     sessions: int = 0
     leases: Counter = field(default_factory=Counter)  # served, released_waiting, expired, failed, ...
     by_path: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)  # why the leases that were not released ended
+    expired_heartbeating: int = 0  # leases that expired although their session kept heartbeating
     wait_db: list[float] = field(default_factory=list)  # created -> ready, as the controller recorded it
     wait_seen: list[float] = field(default_factory=list)  # first POST -> ready, as a session saw it
     checks: int = 0
@@ -122,6 +124,8 @@ class Figures:
             f"sessions: {self.sessions}; leases: {leases} — " + ", ".join(f"{k} {v}" for k, v in
                                                                           sorted(self.leases.items())),
             "leases served by path: " + ", ".join(f"{k} {v}" for k, v in sorted(self.by_path.items())),
+            "leases not released, why: " + "; ".join(f"{k} ({v})" for k, v in sorted(self.reasons.items()))
+            + f"; expired although their session kept heartbeating: {self.expired_heartbeating}",
             f"wait created->ready (controller's record): p50 {statistics.median(self.wait_db or [0]):.2f} s, "
             f"p95 {self.pct(self.wait_db, 95):.2f} s; as sessions saw it (kills included): "
             f"p50 {statistics.median(self.wait_seen or [0]):.2f} s, p95 {self.pct(self.wait_seen, 95):.2f} s",
@@ -155,6 +159,7 @@ class ChaosRun:
         self.stop_sessions = asyncio.Event()
         self.sessions: list[asyncio.Task] = []
         self._faults_fired: list[dict] = []
+        self.vanished: set[str] = set()  # sessions that left without releasing: their leases must expire
 
     # ------------------------------------------------------------------------------------------------ setup
     async def run(self) -> Figures:
@@ -320,6 +325,7 @@ class ChaosRun:
                     return
             await asyncio.sleep(1.0)
         if rng.random() < self.cfg.vanish_share:
+            self.vanished.add(key)
             return
         while not self.stop_sessions.is_set():
             response = await self._call("DELETE", f"/v1/leases/{lease['id']}")
@@ -420,8 +426,12 @@ class ChaosRun:
 
     def _tally(self) -> None:
         f = self.figures
-        for state, reason, ready_at, created_at, path in self._rows(
-                "SELECT state, reason, ready_at, created_at, path FROM leases"):
+        for session, state, reason, ready_at, created_at, path in self._rows(
+                "SELECT session_id, state, reason, ready_at, created_at, path FROM leases"):
+            if state != "released":
+                f.reasons[f"{state}: {reason}"] += 1
+            if state == "expired" and ready_at is not None and session not in self.vanished:
+                f.expired_heartbeating += 1  # its session kept heartbeating: the daemon was down past the TTL
             if ready_at is not None:
                 f.leases["served" if state == "released" else f"served, then {state}"] += 1
                 f.wait_db.append(ready_at - created_at)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, or_, text
+from sqlalchemy import event, exists, or_, text
 from sqlalchemy.exc import ArgumentError, IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import col, select, update
@@ -530,24 +530,34 @@ class Store:
     async def queue_length(self) -> int:
         return len(self._queued)
 
+    async def queue_head(self) -> str | None:
+        """The id of the oldest queued lease (the next one a free slot goes to), or None."""
+        records = self._records
+        return min(self._queued, key=lambda i: (records[i].created_at, i), default=None)
+
     async def lease_counts(self) -> dict[str, int]:
         return dict(self._ended + Counter(row.state for row in self._leases.values()))
 
     async def assign_lease(
-        self, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float
+        self, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float,
+        require_ready_pod: bool = False,
     ) -> bool:
-        """Put a pending lease on a pod slot (the database refuses a slot held by another active lease)."""
+        """Put a pending lease on a pod slot (the database refuses a slot held by another active lease). With
+        ``require_ready_pod`` only while that pod is Ready, healthy and uncordoned: one statement, no window for a
+        stop (as ``insert_lease``)."""
         async with self.session() as s:
-            lease = await self._assign(s, lease_id, pod_id, slot, path, ready, now)
+            lease = await self._assign(s, lease_id, pod_id, slot, path, ready, now, require_ready_pod)
             await self._commit(s)
             if lease is not None:
                 self._keep_lease(lease)
             return lease is not None
 
     async def _assign(
-        self, s: AsyncSession, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float
+        self, s: AsyncSession, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float,
+        require_ready_pod: bool = False,
     ) -> LeaseRow | None:
-        """The assignment inside the caller's transaction: the changed lease, or None if it was not pending."""
+        """The assignment inside the caller's transaction: the changed lease, or None if it was not pending (or,
+        with ``require_ready_pod``, if the pod was not Ready)."""
         values: dict[str, object] = {"pod_id": pod_id, "slot": slot, "path": path.value,
                                      "reason": "" if ready else waiting_for(pod_id)}
         if ready:
@@ -556,6 +566,11 @@ class Store:
             col(LeaseRow.id) == lease_id, col(LeaseRow.state) == LeaseState.PENDING.value,
             col(LeaseRow.pod_id).is_(None),
         )
+        if require_ready_pod:
+            query = query.where(exists().where(
+                col(PodRow.id) == pod_id, col(PodRow.phase) == PodPhase.READY.value, col(PodRow.cordoned).is_(False),
+                col(PodRow.unhealthy_since).is_(None),
+            ))
         try:
             result = await s.exec(query.values(**values).returning(LeaseRow))
             return result.scalars().first()

@@ -189,10 +189,31 @@ async def release(
         await ctl.store.add_events([(now, f"pod/{lease.pod_id}", "ReportedUnreachable", f"by lease {lease_id}")])
         ctl.wake()
     elif await ctl.store.queue_length():
-        ctl.wake()  # a freed slot can serve a waiting lease now; otherwise the idle clock needs no hurry
+        if active and lease.pod_id is not None and lease.slot is not None:
+            await _hand_over(ctl, lease.pod_id, lease.slot)
+        ctl.wake()  # whatever waits still can be served by a pass; otherwise the idle clock needs no hurry
     async with ctl.lease_changed:
         ctl.lease_changed.notify_all()
     return await render_lease(ctl, lease)
+
+
+async def _hand_over(ctl: Controller, pod_id: str, slot: int) -> None:
+    """The slot a release freed goes to the oldest queued lease at once, if its pod is still Ready: the warm path
+    for the queue (a newcomer takes no slot while leases wait). The queue then waits for no pass, and so for no
+    RunPod call; if the pod is not Ready, or the slot went meanwhile, the next pass serves the queue instead."""
+    head = await ctl.store.queue_head()
+    if head is None:
+        return
+    now = ctl.clock()
+    try:
+        if not await ctl.store.assign_lease(head, pod_id, slot, ClaimPath.WARM, True, now, require_ready_pod=True):
+            return
+    except SlotTaken:
+        return
+    lease = await ctl.store.get_lease(head)
+    if lease is not None:
+        ctl.metrics.lease_wait.labels(path=ClaimPath.WARM.value).observe(max(0.0, now - lease.created_at))
+    await ctl.store.add_events([(now, f"lease/{head}", "Ready", f"warm: pod {pod_id} slot {slot}, freed by a release")])
 
 
 @leases.get("", responses={**ok(LeaseList, 200), **errors(401, 403, 422)})

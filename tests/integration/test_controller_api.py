@@ -280,3 +280,48 @@ async def test_openapi_declares_every_answer_with_its_body(stack):
     verb = next(p for p in spec["paths"]["/v1/pods/{pod_id}/{op}"]["post"]["parameters"] if p["name"] == "op")
     assert verb["schema"]["enum"] == ["stop", "start", "terminate", "cordon", "uncordon"]
     assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+
+
+async def test_a_waiting_lease_gets_the_freed_slot_at_once_and_a_newcomer_queues_behind(make_controller, emu):
+    """Found by the chaos bench: with pods at max_pods, each slot a release freed went to the next new request on
+    the warm path, while the leases already queued waited, were assigned by the next pass to a slot taken in the
+    meantime, and timed out after pending_timeout_s. Now the release hands the slot to the oldest queued lease at
+    once (no pass, so no RunPod call, needed: here RunPod cannot even be listed), and a newcomer queues behind."""
+    server = await make_controller(standby_count=0, max_pods=1, idle_ttl_s=60.0)
+    api = Api(server.url)
+    try:
+        first = (await api.lease("a")).json()
+        first = (await api.get(f"/v1/leases/{first['id']}", wait=20)).json()
+        assert first["state"] == "ready"
+        waiting = (await api.lease("b")).json()
+        assert waiting["state"] == "pending" and waiting["queue_position"] == 1
+        await emu.fault(op="list_pods", kind="internal", count=10_000)  # from now on no pass gets anywhere
+        await api.http.delete(f"/v1/leases/{first['id']}", headers=api.h())
+        served = (await api.get(f"/v1/leases/{waiting['id']}")).json()
+        assert served["state"] == "ready" and served["pod_id"] == first["pod_id"] and served["path"] == "warm"
+        assert served["token"] and served["endpoints"]
+        newcomer = (await api.lease("c")).json()
+        assert newcomer["state"] == "pending" and newcomer["queue_position"] == 1, newcomer
+        third = (await api.lease("d")).json()
+        await api.http.delete(f"/v1/leases/{served['id']}", headers=api.h())
+        assert (await api.get(f"/v1/leases/{newcomer['id']}")).json()["state"] == "ready"  # oldest first
+        assert (await api.get(f"/v1/leases/{third['id']}")).json()["queue_position"] == 1
+    finally:
+        await emu.clear_faults()
+        await api.aclose()
+
+
+async def test_a_freed_slot_is_handed_over_only_while_its_pod_is_ready_and_uncordoned(make_controller, emu):
+    server = await make_controller(standby_count=0, max_pods=1, idle_ttl_s=60.0)
+    api = Api(server.url)
+    try:
+        first = (await api.lease("a")).json()
+        first = (await api.get(f"/v1/leases/{first['id']}", wait=20)).json()
+        waiting = (await api.lease("b")).json()
+        assert (await api.post(f"/v1/pods/{first['pod_id']}/cordon", ADMIN)).status_code == 200
+        await emu.fault(op="list_pods", kind="internal", count=10_000)
+        await api.http.delete(f"/v1/leases/{first['id']}", headers=api.h())
+        assert (await api.get(f"/v1/leases/{waiting['id']}")).json()["state"] == "pending"
+    finally:
+        await emu.clear_faults()
+        await api.aclose()

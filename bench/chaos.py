@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -35,6 +36,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.integration.chaos import ChaosConfig, ChaosRun
+
+
+async def _run(run: ChaosRun):
+    """The run, cancelled (its daemon stopped, the emulator closed) on SIGINT or SIGTERM."""
+    task = asyncio.current_task()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+    return await run.run()
 
 
 def main() -> int:
@@ -46,7 +55,7 @@ def main() -> int:
     parser.add_argument("--graphql-share", type=float, default=0.25, help="share of restarts on GraphQL")
     parser.add_argument("--keep", type=Path, help="keep the database and the daemon's log in this directory")
     args = parser.parse_args()
-    logging.getLogger().setLevel(logging.WARNING)  # the runpod SDK configures the root logger at import (INFO)
+    logging.getLogger().setLevel(logging.ERROR)  # the runpod SDK configures the root logger at import (INFO)
     config = ChaosConfig(kills=args.kills, seed=args.seed, arrivals_per_s=args.arrivals_per_s,
                          fault_rate=args.fault_rate, graphql_share=args.graphql_share)
     started = time.monotonic()
@@ -59,7 +68,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        figures = asyncio.run(ChaosRun(config, workdir, progress).run())
+        figures = asyncio.run(_run(ChaosRun(config, workdir, progress)))
     print("\n== chaos: figures ==")
     for line in figures.lines():
         print(line)

@@ -231,31 +231,44 @@ class ChaosRun:
         await self.daemon.start()
 
     async def _kill_loop(self) -> None:
+        """Kill, check, restart at once; each kill either mid-boot (at a random moment of a start: importing,
+        migrating, claiming the database, the first passes) or at work (a random while after the API answers)."""
         cfg, f = self.cfg, self.figures
         await self._start_daemon()
         await self._until(self.api.serving, 60)
+        boot_s = 2.0  # how long a start takes here (spawn to the API answering), measured as the run goes
         arrivals = asyncio.create_task(self._arrivals(), name="chaos-arrivals")
+        down: tuple[float, float] | None = None  # (since, bill then): no daemon has served since that kill
         for n in range(cfg.kills):
-            if self.rng.random() < cfg.mid_boot_share:
-                await asyncio.sleep(self.rng.uniform(0.0, 2.0))
+            if n and self.rng.random() < cfg.mid_boot_share:
+                await asyncio.sleep(self.rng.uniform(0.0, 1.2 * boot_s))  # since the start just made
                 f.kills_mid_boot += 1
             else:
+                spawned = time.monotonic()
                 await self._until(self.api.serving, 60)
+                if n:
+                    boot_s = 0.7 * boot_s + 0.3 * (time.monotonic() - spawned)
+                if down is not None:
+                    f.down_s += time.monotonic() - down[0]
+                    f.hidden_usd += (await self.admin.bill())["total_usd"] - down[1]
+                    down = None
                 await asyncio.sleep(self.rng.uniform(*cfg.at_work_s))
                 await self._scrape()
             assert self.daemon is not None
             await self.daemon.kill()
-            down, billed = time.monotonic(), (await self.admin.bill())["total_usd"]
             f.kills += 1
+            if down is None:
+                down = (time.monotonic(), (await self.admin.bill())["total_usd"])
             await self._check_while_down()
             await asyncio.sleep(self.rng.uniform(0.0, 0.5))
             await self._start_daemon(last=n + 1 == cfg.kills)
-            await self._until(self.api.serving, 60)
-            f.down_s += time.monotonic() - down
-            f.hidden_usd += (await self.admin.bill())["total_usd"] - billed
             if (n + 1) % 10 == 0 or n + 1 == cfg.kills:
-                self.progress(f"{n + 1}/{cfg.kills} kills; {f.sessions} sessions so far; "
-                              f"{len(f.violations)} violations")
+                self.progress(f"{n + 1}/{cfg.kills} kills ({f.kills_mid_boot} mid-boot); {f.sessions} sessions so "
+                              f"far; {len(f.violations)} violations")
+        await self._until(self.api.serving, 60)
+        if down is not None:
+            f.down_s += time.monotonic() - down[0]
+            f.hidden_usd += (await self.admin.bill())["total_usd"] - down[1]
         arrivals.cancel()
 
     async def _arrivals(self) -> None:

@@ -4,6 +4,8 @@ in the test's event loop, talking real HTTP (the controller through the official
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -90,6 +92,12 @@ def daemon_env(emulator_url: str, database: str, port: int, **settings: Any) -> 
     return env | {f"HARPER_{name.upper()}": str(value) for name, value in values.items()}
 
 
+def _die_with_parent() -> None:
+    """In the daemon's process, before it runs: a test run or bench that dies takes its daemon with it (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Daemon:
     """The real daemon (``python -m reconciler run``) as a subprocess; everything it prints goes to ``log_path``."""
 
@@ -101,6 +109,7 @@ class Daemon:
         with open(self.log_path, "a") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "reconciler", "run", env=self.env, stdout=log, stderr=log,
+                preexec_fn=_die_with_parent,
             )
 
     @property

@@ -108,6 +108,12 @@ class Controller:
     # -- lifecycle
     async def start(self) -> None:
         await self.store.get_policy(self.default_policy)  # writes the defaults to a new database
+        # Before the first pass: a lease whose client heartbeated into a controller that was down (crashed,
+        # restarting) must not expire for it. Each active lease gets one TTL from now, as a Consul leader failover
+        # resets session TTLs; a client that is really gone loses its lease one TTL later.
+        extended = await self.store.extend_leases(self.clock() + self.tuning.lease_ttl_s)
+        if extended:
+            log.info("%d active leases given one TTL (%.0fs) from this start", extended, self.tuning.lease_ttl_s)
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler.add_job(
             self._scheduled_pass, "interval", seconds=self.interval_s, id="reconcile", max_instances=1,

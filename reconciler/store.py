@@ -530,6 +530,20 @@ class Store:
     async def queue_length(self) -> int:
         return len(self._queued)
 
+    async def extend_leases(self, until: float) -> int:
+        """Let no active lease expire before ``until``; returns how many were extended. For a controller that
+        starts: heartbeats sent while no controller ran could not land, so they do not count against clients."""
+        async with self.session() as s:
+            result = await s.exec(
+                update(LeaseRow).where(col(LeaseRow.state).in_(_ACTIVE), col(LeaseRow.expires_at) < until)
+                .values(expires_at=until)
+            )
+            await s.commit()
+        for row in list(self._leases.values()):
+            if row.expires_at < until:
+                self._keep_lease(row.model_copy(update={"expires_at": until}))
+        return result.rowcount
+
     async def queue_head(self) -> str | None:
         """The id of the oldest queued lease (the next one a free slot goes to), or None."""
         records = self._records

@@ -1,5 +1,7 @@
 """The real daemon against the emulator over HTTP: standby, claim ladder, idle TTL, capacity fallbacks."""
 
+import asyncio
+
 from .harness import ADMIN, GPU_A, GPU_B, Api, until
 
 
@@ -206,3 +208,37 @@ async def test_a_pod_reported_unreachable_gets_no_lease_until_its_probe_passes(m
     finally:
         await api.aclose()
 
+
+
+async def test_a_controller_down_longer_than_the_ttl_expires_no_lease_whose_client_is_alive(make_controller, emu):
+    """Found by the chaos bench: a lease whose client kept heartbeating expired when the controller was down (or
+    restarting) for longer than the TTL, since no heartbeat could reach it. A controller that starts gives every
+    active lease one TTL from its start (as a Consul leader failover resets session TTLs); a client that is gone
+    loses its lease one TTL later instead."""
+    server = await make_controller(lease_ttl_s=2.0, idle_ttl_s=60.0)
+    api = Api(server.url)
+    try:
+        await until(lambda: standby_parked(api))
+        held = (await api.lease("alive")).json()
+        held = (await api.get(f"/v1/leases/{held['id']}", wait=20)).json()
+        gone = (await api.lease("gone")).json()
+        gone = (await api.get(f"/v1/leases/{gone['id']}", wait=20)).json()
+        assert held["state"] == gone["state"] == "ready"
+        await server.stop()
+        await asyncio.sleep(3.0)  # down for longer than the TTL: the clients' heartbeats fail meanwhile
+        again = await make_controller(lease_ttl_s=2.0, idle_ttl_s=60.0)
+        api2 = Api(again.url)
+        try:
+            beat = await api2.post(f"/v1/leases/{held['id']}/heartbeat")
+            assert beat.status_code == 200 and beat.json()["state"] == "ready", beat.text
+            await again.controller.reconcile_once()
+            assert (await api2.get(f"/v1/leases/{held['id']}")).json()["state"] == "ready"
+
+            async def expired():
+                return (await api2.get(f"/v1/leases/{gone['id']}")).json()["state"] == "expired"
+
+            await until(expired, timeout=10)  # the silent one still goes, one TTL after the start
+        finally:
+            await api2.aclose()
+    finally:
+        await api.aclose()

@@ -157,6 +157,7 @@ class Store:
         self._beat_writer: asyncio.Task | None = None
         # the controller lock, once claimed
         self._token: str | None = None
+        self.took_over: claims.Holder | None = None  # the controller this one replaced: it died holding the lock
         self._clock: Callable[[], float] = time.time
         self._renew_s = claims.RENEW_S
         self._renewed_at = 0.0
@@ -265,6 +266,7 @@ class Store:
         if replaced is not None:
             log.warning("took over the database from a controller that stopped renewing its claim or is gone: %s",
                         replaced.describe(now))
+        self.took_over = replaced
         self._token, self._clock, self._renew_s, self._renewed_at, self._lost = token, clock, renew_s, now, None
         self._renewer = asyncio.create_task(self._keep_claim(), name="controller-lock-renewal")
 
@@ -531,8 +533,7 @@ class Store:
         return len(self._queued)
 
     async def extend_leases(self, until: float) -> int:
-        """Let no active lease expire before ``until``; returns how many were extended. For a controller that
-        starts: heartbeats sent while no controller ran could not land, so they do not count against clients."""
+        """Let no active lease expire before ``until``; returns how many were extended (``Controller.start``)."""
         async with self.session() as s:
             result = await s.exec(
                 update(LeaseRow).where(col(LeaseRow.state).in_(_ACTIVE), col(LeaseRow.expires_at) < until)

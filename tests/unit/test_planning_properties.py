@@ -8,7 +8,8 @@ RunPod, any policy, quota, stock and refusals. Whatever the state, a plan never
 - creates or resumes while paused or blocked, or beyond ``max_pods`` or the budget in $/h;
 - creates a GPU type the policy does not list, that has no price, that RunPod refused lately or has no stock of;
 - touches a pod at RunPod without our prefix, or one with it that a record owns, as an orphan;
-- ends a lease and acts on it otherwise in the same pass.
+- ends a lease and acts on it otherwise in the same pass;
+- leaves a lease waiting on a pod that is gone, failed, stopping or stopped.
 """
 
 from __future__ import annotations
@@ -195,6 +196,15 @@ def test_plan_keeps_its_promises_in_any_state(state):
         assert desired.unavailable_until.get(a.gpu_type, 0.0) <= NOW and desired.stock.get(a.gpu_type) != "NONE"
     for a in of[ResumePod]:
         assert synced[a.pod_id].phase == PodPhase.STOPPED and not synced[a.pod_id].cordoned
+
+    # A lease whose pod will not serve it (gone, failed, stopping or stopped: a resume the controller was killed in,
+    # or that failed before its lease was put back) is put back in the queue or ended, never left waiting on it
+    gone = (PodPhase.STOPPING, PodPhase.STOPPED, PodPhase.TERMINATING, PodPhase.TERMINATED, PodPhase.FAILED)
+    for lz in desired.leases:
+        if lz.pod_id is not None and lz.id not in ended and lz.expires_at > NOW:
+            pod = synced.get(lz.pod_id)
+            if pod is None or pod.phase in gone:
+                assert lz.id in moved | {a.lease_id for a in of[EndLease]}, (lz, pod)
 
     # Orphans: only ours (the prefix) and only those no record owns
     for a in of[TerminateOrphan]:

@@ -28,6 +28,7 @@ async def test_sigkills_and_faults_lose_no_lease_and_leak_no_pod(tmp_path):
     assert set(figures.leases) <= {"served", "served, then expired", "served, then failed", "released while waiting",
                                    "expired before a pod", "failed before a pod"}, figures.leases
     assert figures.expired_heartbeating == 0  # a lease expires only when its client stops: kills cost none
+    assert not [why for why in figures.reasons if "timed out waiting" in why], figures.reasons  # none stranded
     assert figures.pods_unknown == 0 and figures.pods_leaked == 0
     assert figures.faults_fired["internal"] and figures.faults_fired["timeout"], figures.faults_fired
     # What the controller read from RunPod's billing records is the bill. Its own estimate cannot see the time the

@@ -10,8 +10,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
+from fastapi.params import ParamTypes
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
@@ -91,10 +94,27 @@ def companion_or_admin(request: Request) -> str:
     cfg: ApiConfig = request.app.state.api_config
     token = _bearer(request)
     if _is(token, cfg.admin_token):
-        return "admin"
-    if _is(token, cfg.companion_token):
-        return "companion"
-    raise ApiError(401, "unauthorized", "invalid token")
+        scope = "admin"
+    elif _is(token, cfg.companion_token):
+        scope = "companion"
+    else:
+        raise ApiError(401, "unauthorized", "invalid token")
+    _known_query(request)
+    return scope
+
+
+def _known_query(request: Request) -> None:
+    """Refuse query parameters the route does not take: a typo (``?wiat=30``) would otherwise be ignored quietly,
+    and the request answered as if it had not been made (no long poll, an unfiltered list). After the token check,
+    so that a caller without one learns nothing about the routes."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    known = {param.alias for param in get_flat_params(route.dependant)
+             if getattr(param.field_info, "in_", None) == ParamTypes.query}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ApiError(422, "invalid_request", f"query.{unknown[0][:40]}: not a parameter of this route")
 
 
 def admin_only(request: Request) -> str:

@@ -325,3 +325,17 @@ async def test_a_freed_slot_is_handed_over_only_while_its_pod_is_ready_and_uncor
     finally:
         await emu.clear_faults()
         await api.aclose()
+
+
+async def test_a_query_parameter_the_route_does_not_take_is_refused(stack):
+    """Found by schemathesis: unknown query parameters were ignored, so a typo answered as if it was not there
+    (``?wiat=20`` returned a pending lease at once, ``?stat=ready`` the whole list)."""
+    server, api, emu = stack
+    lease = (await api.lease("s")).json()
+    typo = await api.get(f"/v1/leases/{lease['id']}", wiat=20)
+    assert typo.status_code == 422 and typo.json()["error"] == {
+        "code": "invalid_request", "message": "query.wiat: not a parameter of this route"}
+    assert (await api.get("/v1/leases", ADMIN, stat="ready")).status_code == 422
+    assert (await api.get("/v1/leases", ADMIN, state="ready", limit=5)).status_code == 200  # declared ones pass
+    assert (await api.get(f"/v1/leases/{lease['id']}", wait=0)).status_code == 200
+    assert (await api.http.get("/v1/leases", params={"stat": "x"})).status_code == 401  # the token comes first

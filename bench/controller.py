@@ -12,6 +12,12 @@
    Target: p99 under 25 ms at 200 requests/s.
 3. Warm-path grant: POST /v1/leases answered ``ready`` inline while a Ready pod has a free slot.
    Target: under 50 ms from POST to ready.
+
+    .venv/bin/python bench/controller.py --load 400 [--seconds 60]
+
+The lease API alone under a sustained load (the same mix, open loop) at RATE requests/s, then every lease it
+touched is checked: the 1,000 held leases still ready, every lease created under load released. Prints p50/p99/max
+per request kind; exits 1 on any error answer or lost lease.
 """
 
 from __future__ import annotations
@@ -210,7 +216,8 @@ class RawHttp:
             self.pool.put_nowait((reader, writer))
 
 
-async def open_loop(stack: Stack, lease_ids: list[str], rate: float, seconds: float) -> dict[str, list[float]]:
+async def open_loop(stack: Stack, lease_ids: list[str], rate: float, seconds: float,
+                    created: list[str] | None = None) -> dict[str, list[float]]:
     """Requests start on a fixed schedule whatever the answers do; latency counts from the scheduled time,
     so a stall shows up in the figures instead of slowing the load (no coordinated omission). A scheduled
     create is followed by the release of its lease as soon as it is answered: one more request, timed from
@@ -218,6 +225,7 @@ async def open_loop(stack: Stack, lease_ids: list[str], rate: float, seconds: fl
     import json
 
     rng = random.Random(5)
+    created = created if created is not None else []
     lat: dict[str, list[float]] = {"heartbeat": [], "get": [], "create": [], "release": [], "all": [], "errors": [],
                                    "create+release": []}  # the pair, as a client sees it (not in "all")
     http = RawHttp(stack.url, "bench-companion", 64)
@@ -242,8 +250,10 @@ async def open_loop(stack: Stack, lease_ids: list[str], rate: float, seconds: fl
             status, body = await http.request("POST", "/v1/leases", json.dumps({"session_id": f"load-{i}"}).encode())
             record("create", status, due)
             if status in (200, 201):
+                lease_id = json.loads(body)["id"]
+                created.append(lease_id)
                 started = time.perf_counter()
-                status, _ = await http.request("DELETE", f"/v1/leases/{json.loads(body)['id']}")
+                status, _ = await http.request("DELETE", f"/v1/leases/{lease_id}")
                 record("release", status, started)
                 lat["create+release"].append((time.perf_counter() - due) * 1000)
 
@@ -358,12 +368,56 @@ def bench_api(active: int, seconds: float) -> None:
             stack.stop()
 
 
+async def lost_leases(stack: Stack, held: list[str], created: list[str]) -> list[str]:
+    """Every lease the load touched, as the controller has it now: the held ones still ready (their heartbeats
+    kept them), every one created under load released (it was released as soon as it was answered)."""
+    async with httpx.AsyncClient(base_url=stack.url, headers=stack.admin, timeout=60) as http:
+        rows = (await http.get("/v1/leases", params={"limit": 10_000})).json()["leases"]
+    state = {row["id"]: row["state"] for row in rows}
+    lost = [f"{i}: {state.get(i, 'unknown')} (held)" for i in held if state.get(i) != "ready"]
+    lost += [f"{i}: {state.get(i, 'unknown')} (created)" for i in created if state.get(i) != "released"]
+    return lost
+
+
+def bench_load(active: int, rate: float, seconds: float) -> bool:
+    """The lease API under a sustained open-loop load: no error, no lost lease, p50/p99 per request kind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp), sessions_per_pod=50)
+        stack.start()
+        try:
+            print(f"\n== lease API under load: {rate:.0f} requests/s for {seconds:.0f} s, {active} leases held ==")
+            ids = asyncio.run(fill_leases(stack, active))
+            created: list[str] = []
+            lat = asyncio.run(open_loop(stack, ids, rate, seconds, created))
+            lost = asyncio.run(lost_leases(stack, ids, created))
+            n = len(lat["all"])
+            print(f"{n} HTTP requests in {seconds:.0f} s ({n / seconds:.0f}/s, of which {len(created)} creates each "
+                  f"followed by its release); errors: {len(lat['errors'])}; leases lost: {len(lost)}")
+            print(f"{'request':>16} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+            for kind in ("heartbeat", "get", "create", "release", "all", "create+release"):
+                v = lat[kind]
+                if v:
+                    print(f"{kind:>16} {len(v):>6} {statistics.median(v):>8.2f} {pct(v, 99):>8.2f} {max(v):>8.2f}")
+            for line in lost[:20]:
+                print("LOST:", line)
+            return not lat["errors"] and not lost
+        finally:
+            stack.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller runs (for a smoke test)")
     parser.add_argument("--skip-api", action="store_true", help="plan() only")
+    parser.add_argument("--load", type=float, metavar="RATE",
+                        help="only the load run: RATE lease requests/s (open loop) for --seconds, then a check that "
+                             "no lease was lost; exit status 1 on any error or lost lease")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the --load run (default 60)")
     args = parser.parse_args()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if args.load:
+        sys.exit(0 if bench_load(active=1000, rate=args.load, seconds=args.seconds) else 1)
     bench_plan([10, 100, 1000, 5000], repeats=10 if args.quick else 40)
     if not args.skip_api:
         bench_api(active=200 if args.quick else 1000, seconds=5.0 if args.quick else 15.0)

@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run the server",
         description="Serve /ws/stt, /ws/tts, /health and /metrics. Other settings: GPU_SERVER_* variables.",
     )
-    serve.add_argument("--host", help="interface to bind (GPU_SERVER_HOST, default 0.0.0.0)")
+    serve.add_argument(
+        "--host", help="interface to bind (GPU_SERVER_HOST, default 127.0.0.1; the GPU image sets 0.0.0.0)"
+    )
     serve.add_argument("--port", type=int, help="port to bind (GPU_SERVER_PORT, default 8000)")
     serve.add_argument("--log-level", help="debug, info, warning... (GPU_SERVER_LOG_LEVEL, default info)")
 

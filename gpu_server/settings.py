@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPU_SERVER_", extra="ignore", populate_by_name=True)
 
-    host: str = "0.0.0.0"
+    # Loopback unless told otherwise: the GPU image says GPU_SERVER_HOST=0.0.0.0 (RunPod maps the pod's port).
+    host: str = "127.0.0.1"
     port: int = 8000
     # HMAC secret of this pod's lease tokens (injected by the controller at pod creation).
     secret: str = ""

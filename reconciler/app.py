@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from . import __version__, api
@@ -98,7 +98,7 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "no reconcile pass has succeeded lately"}})
     async def readyz() -> JSONResponse:
         ctl: Controller = app.state.controller
         ok = ctl.last_pass_ok is not None and ctl.clock() - ctl.last_pass_ok < max(60.0, 6 * ctl.interval_s)
@@ -109,7 +109,7 @@ def create_app(settings: Settings, provider: Provider | None = None, clock: Cloc
     for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # load balancers probe with HEAD
         app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics() -> Response:
         ctl: Controller = app.state.controller
         return Response(ctl.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -32,7 +32,9 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("apscheduler", "httpx", "uvicorn.access", "alembic"):
+    # aiosqlite logs every statement with its parameters at DEBUG: pod secrets and the stored first response of a
+    # warm lease (its token) would reach the log whenever HARPER_LOG_LEVEL=DEBUG.
+    for noisy in ("apscheduler", "httpx", "httpcore", "uvicorn.access", "alembic", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -28,6 +28,7 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .actuator import Actuator, PodTemplate
+from .claim import STALE_AFTER_RENEWALS
 from .domain import (
     POD_NAME_PREFIX,
     Desired,
@@ -107,12 +108,32 @@ class Controller:
         await self.store.get_policy(self.default_policy)  # writes the defaults to a new database
         # Read at scrape time: the schedule's target changes with the clock, not only when a pass runs.
         self.metrics.warm_target.set_function(lambda: warm_target(self.policy.warm_schedule, self.clock()))
+        await self._forgive_downtime()
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler.add_job(
             self._scheduled_pass, "interval", seconds=self.interval_s, id="reconcile", max_instances=1,
             coalesce=True, next_run_time=datetime.now(UTC),
         )
         self._scheduler.start()
+
+    async def _forgive_downtime(self) -> None:
+        """Before the first pass: leases must not expire for heartbeats that found no controller. After a controller
+        died holding the database long enough for a client heartbeating every TTL/3 to miss its window, every active
+        lease gets one TTL from now, as a Consul leader failover resets session TTLs (a client that is gone loses
+        its lease one TTL later). Shorter gaps, such as a crash loop's quick restarts, change nothing: resetting
+        TTLs on every restart would keep the leases of vanished clients, and their pods, for as long as it lasted.
+        How long no controller ran is known from the lock row the dead one left (at least since its last renewal
+        plus one renewal period); a controller that stopped cleanly released the row, and its gap counts as short."""
+        gone = self.store.took_over
+        if gone is None:
+            return
+        now = self.clock()
+        down_at_least = now - gone.renewed_at - gone.stale_after_s / STALE_AFTER_RENEWALS
+        if down_at_least <= self.tuning.lease_ttl_s / 3:
+            return
+        extended = await self.store.extend_leases(now + self.tuning.lease_ttl_s)
+        log.warning("no controller ran for at least %.0fs: %d active leases given one TTL (%.0fs) from now",
+                    down_at_least, extended, self.tuning.lease_ttl_s)
 
     async def begin_shutdown(self) -> None:
         """No pass starts from now on, and every long poll answers at once (the server can then close)."""

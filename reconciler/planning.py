@@ -350,9 +350,9 @@ def _settle_leases(p: _Plan) -> list[Lease]:
         if lease.pod_id is None:
             queue.append(lease)
             continue
-        lost = pod is None or pod.phase in (P.TERMINATING, P.TERMINATED, P.FAILED)
-        if lease.state == LeaseState.READY:
-            lost = lost or pod.phase in (P.STOPPING, P.STOPPED)
+        # A stopped (or stopping) pod serves no lease either: a pending one is left there only when the controller
+        # was killed between recording a resume and putting the lease back after the resume failed.
+        lost = pod is None or pod.phase in (P.TERMINATING, P.TERMINATED, P.FAILED, P.STOPPING, P.STOPPED)
         if lost:
             why = f"pod {lease.pod_id} is {pod.phase if pod else 'gone'}" + (
                 f" ({pod.reason})" if pod and pod.reason else ""

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, or_, text
+from sqlalchemy import event, exists, or_, text
 from sqlalchemy.exc import ArgumentError, IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import col, select, update
@@ -157,6 +157,7 @@ class Store:
         self._beat_writer: asyncio.Task | None = None
         # the controller lock, once claimed
         self._token: str | None = None
+        self.took_over: claims.Holder | None = None  # the controller this one replaced: it died holding the lock
         self._clock: Callable[[], float] = time.time
         self._renew_s = claims.RENEW_S
         self._renewed_at = 0.0
@@ -265,6 +266,7 @@ class Store:
         if replaced is not None:
             log.warning("took over the database from a controller that stopped renewing its claim or is gone: %s",
                         replaced.describe(now))
+        self.took_over = replaced
         self._token, self._clock, self._renew_s, self._renewed_at, self._lost = token, clock, renew_s, now, None
         self._renewer = asyncio.create_task(self._keep_claim(), name="controller-lock-renewal")
 
@@ -530,24 +532,47 @@ class Store:
     async def queue_length(self) -> int:
         return len(self._queued)
 
+    async def extend_leases(self, until: float) -> int:
+        """Let no active lease expire before ``until``; returns how many were extended (``Controller.start``)."""
+        async with self.session() as s:
+            result = await s.exec(
+                update(LeaseRow).where(col(LeaseRow.state).in_(_ACTIVE), col(LeaseRow.expires_at) < until)
+                .values(expires_at=until)
+            )
+            await s.commit()
+        for row in list(self._leases.values()):
+            if row.expires_at < until:
+                self._keep_lease(row.model_copy(update={"expires_at": until}))
+        return result.rowcount
+
+    async def queue_head(self) -> str | None:
+        """The id of the oldest queued lease (the next one a free slot goes to), or None."""
+        records = self._records
+        return min(self._queued, key=lambda i: (records[i].created_at, i), default=None)
+
     async def lease_counts(self) -> dict[str, int]:
         return dict(self._ended + Counter(row.state for row in self._leases.values()))
 
     async def assign_lease(
-        self, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float
+        self, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float,
+        require_ready_pod: bool = False,
     ) -> bool:
-        """Put a pending lease on a pod slot (the database refuses a slot held by another active lease)."""
+        """Put a pending lease on a pod slot (the database refuses a slot held by another active lease). With
+        ``require_ready_pod`` only while that pod is Ready, healthy and uncordoned: one statement, no window for a
+        stop (as ``insert_lease``)."""
         async with self.session() as s:
-            lease = await self._assign(s, lease_id, pod_id, slot, path, ready, now)
+            lease = await self._assign(s, lease_id, pod_id, slot, path, ready, now, require_ready_pod)
             await self._commit(s)
             if lease is not None:
                 self._keep_lease(lease)
             return lease is not None
 
     async def _assign(
-        self, s: AsyncSession, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float
+        self, s: AsyncSession, lease_id: str, pod_id: str, slot: int, path: ClaimPath, ready: bool, now: float,
+        require_ready_pod: bool = False,
     ) -> LeaseRow | None:
-        """The assignment inside the caller's transaction: the changed lease, or None if it was not pending."""
+        """The assignment inside the caller's transaction: the changed lease, or None if it was not pending (or,
+        with ``require_ready_pod``, if the pod was not Ready)."""
         values: dict[str, object] = {"pod_id": pod_id, "slot": slot, "path": path.value,
                                      "reason": "" if ready else waiting_for(pod_id)}
         if ready:
@@ -556,6 +581,11 @@ class Store:
             col(LeaseRow.id) == lease_id, col(LeaseRow.state) == LeaseState.PENDING.value,
             col(LeaseRow.pod_id).is_(None),
         )
+        if require_ready_pod:
+            query = query.where(exists().where(
+                col(PodRow.id) == pod_id, col(PodRow.phase) == PodPhase.READY.value, col(PodRow.cordoned).is_(False),
+                col(PodRow.unhealthy_since).is_(None),
+            ))
         try:
             result = await s.exec(query.values(**values).returning(LeaseRow))
             return result.scalars().first()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import ValidationError
 
 from ..domain import LeaseState, PodPhase, PodRole, Policy
@@ -14,6 +14,7 @@ from ..provider import HostGpuBusy, NotFound, ProviderError
 from ..store import dumps
 from ..tables import LeaseRow, PodRow
 from .common import (
+    PRINTABLE,
     Admin,
     ApiError,
     Ctl,
@@ -24,29 +25,35 @@ from .common import (
     json_schema_body,
     render_pod,
 )
+from .schema import ADMIN, ID_MAX_LENGTH, ID_PATTERN, errors, ok
+
+PodId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
+VERBS = ("stop", "start", "terminate", "cordon", "uncordon")
+# Documented as an enum, checked by the handler: an unknown verb is a route that does not exist (404), not bad input.
+PodVerb = Annotated[str, Path(json_schema_extra={"enum": list(VERBS)})]
 
 admin = APIRouter(prefix="/v1", tags=["admin"])
 
 
-@admin.get("/pods")
+@admin.get("/pods", responses=errors(*ADMIN))
 async def list_pods(ctl: Ctl, _: Admin, all: bool = False) -> dict[str, Any]:
     rows = await (ctl.store.all_pods() if all else ctl.store.live_pods())
     active = await ctl.store.active_leases()
     return {"pods": [render_pod(row, active) for row in rows]}
 
 
-@admin.get("/pods/{pod_id}")
-async def get_pod(pod_id: str, ctl: Ctl, _: Admin) -> dict[str, Any]:
+@admin.get("/pods/{pod_id}", responses=errors(*ADMIN, 404))
+async def get_pod(pod_id: PodId, ctl: Ctl, _: Admin) -> dict[str, Any]:
     row = await _pod_or_404(ctl, pod_id)
     return render_pod(row, await ctl.store.leases_on([pod_id]))
 
 
-@admin.post("/pods/{pod_id}/{op}")
+@admin.post("/pods/{pod_id}/{op}", responses=errors(*ADMIN, 404, 409, 502))
 async def pod_override(
-    pod_id: str, op: str, ctl: Ctl, _: Admin, force: bool = False
+    pod_id: PodId, op: PodVerb, ctl: Ctl, _: Admin, force: bool = False
 ) -> dict[str, Any]:
-    if op not in ("stop", "start", "terminate", "cordon", "uncordon"):
-        raise ApiError(404, "not_found", f"no pod operation {op!r}")
+    if op not in VERBS:
+        raise ApiError(404, "not_found", f"no pod operation {op[:40]!r}")
     now = ctl.clock()
     async with ctl.exclusive():  # never act on a pod mid-pass; check the pod as it is now
         row = await _pod_or_404(ctl, pod_id)
@@ -110,12 +117,13 @@ async def _override(ctl: Controller, row: PodRow, op: str, now: float, held: lis
         await ctl.provider.terminate_pod(row.runpod_id)
 
 
-@admin.get("/policy")
+@admin.get("/policy", responses={**ok(Policy, 200), **errors(*ADMIN)})
 async def get_policy(ctl: Ctl, _: Admin) -> dict[str, Any]:
     return (await ctl.store.get_policy(ctl.default_policy)).model_dump()
 
 
-@admin.patch("/policy", openapi_extra=json_schema_body(PolicyPatch))
+@admin.patch("/policy", openapi_extra=json_schema_body(PolicyPatch),
+              responses={**ok(Policy, 200), **errors(400, *ADMIN, 413, 502)})
 async def patch_policy(request: Request, ctl: Ctl, _: Admin) -> dict[str, Any]:
     body = await json_body(request)
     try:
@@ -149,23 +157,24 @@ async def _check_gpu_types(ctl: Controller, gpu_types: list[str]) -> None:
                                               f"for pods on {cloud} cloud")
 
 
-@admin.post("/reconcile")
+@admin.post("/reconcile", responses=errors(*ADMIN))
 async def reconcile_now(ctl: Ctl, _: Admin) -> dict[str, Any]:
     actions = await ctl.reconcile_once()
     return {"ok": ctl.last_error == "", "error": ctl.last_error or None,
             "actions": [type(a).__name__ for a in actions]}
 
 
-@admin.get("/events")
+@admin.get("/events", responses=errors(*ADMIN))
 async def events(
-    ctl: Ctl, _: Admin, limit: Annotated[int, Query(ge=1, le=5000)] = 200, object: str | None = None
+    ctl: Ctl, _: Admin, limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+    object: Annotated[str | None, Query(max_length=200, pattern=PRINTABLE)] = None,
 ) -> dict[str, Any]:
     rows = await ctl.store.events(limit, object)
     return {"events": [{"time": iso(e.time), "object": e.object, "reason": e.reason, "message": e.message}
                        for e in rows]}
 
 
-@admin.get("/cost")
+@admin.get("/cost", responses=errors(*ADMIN))
 async def cost(ctl: Ctl, _: Admin) -> dict[str, Any]:
     spend = await ctl.store.spend()
     by_pod: dict[str, dict[str, float]] = {}

@@ -10,9 +10,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
+from fastapi.params import ParamTypes
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from gpu_server.auth import issue_token
 
@@ -38,21 +42,27 @@ class ApiConfig:
 
 # No control characters in the text a client names things with: PostgreSQL cannot store NUL at all (the
 # request failed with a 500 there, and was stored on SQLite), and the rest only garble logs and events.
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
 
 class LeaseCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    session_id: str = Field(min_length=1, max_length=200, pattern=_PRINTABLE)
-    voice_id: str | None = Field(default=None, max_length=200, pattern=_PRINTABLE)
-    language: str | None = Field(default=None, max_length=16, pattern=_PRINTABLE)
+    session_id: str = Field(min_length=1, max_length=200, pattern=PRINTABLE)
+    voice_id: str | None = Field(default=None, max_length=200, pattern=PRINTABLE)
+    language: str | None = Field(default=None, max_length=16, pattern=PRINTABLE)
 
 
-# Every Policy field, optional: what PATCH /v1/policy takes (the merged policy is validated as a Policy).
+# Every Policy field, optional, with its bounds (so the OpenAPI document states them): what PATCH /v1/policy
+# takes. The merged policy is validated as a Policy (rules across fields, gpu type names).
+def _optional(field: FieldInfo) -> Any:
+    bounded = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return bounded | None
+
+
 PolicyPatch = create_model(
     "PolicyPatch", __config__=ConfigDict(extra="forbid", strict=True),
-    **{name: (field.annotation | None, None) for name, field in Policy.model_fields.items()},
+    **{name: (_optional(field), None) for name, field in Policy.model_fields.items()},
 )
 
 
@@ -84,10 +94,27 @@ def companion_or_admin(request: Request) -> str:
     cfg: ApiConfig = request.app.state.api_config
     token = _bearer(request)
     if _is(token, cfg.admin_token):
-        return "admin"
-    if _is(token, cfg.companion_token):
-        return "companion"
-    raise ApiError(401, "unauthorized", "invalid token")
+        scope = "admin"
+    elif _is(token, cfg.companion_token):
+        scope = "companion"
+    else:
+        raise ApiError(401, "unauthorized", "invalid token")
+    _known_query(request)
+    return scope
+
+
+def _known_query(request: Request) -> None:
+    """Refuse query parameters the route does not take: a typo (``?wiat=30``) would otherwise be ignored quietly,
+    and the request answered as if it had not been made (no long poll, an unfiltered list). After the token check,
+    so that a caller without one learns nothing about the routes."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    known = {param.alias for param in get_flat_params(route.dependant)
+             if getattr(param.field_info, "in_", None) == ParamTypes.query}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ApiError(422, "invalid_request", f"query.{unknown[0][:40]}: not a parameter of this route")
 
 
 def admin_only(request: Request) -> str:

@@ -8,7 +8,7 @@ import json
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -29,14 +29,17 @@ from .common import (
     lease_body,
     render_lease,
 )
+from .schema import COMPANION, ID_MAX_LENGTH, ID_PATTERN, LeaseList, LeaseOut, errors, ok
 
 leases = APIRouter(prefix="/v1/leases", tags=["leases"])
 # An explicit Idempotency-Key whose lease has ended answers 409 for this long, then names a new lease (Stripe keeps
 # keys 24 h). The default key, the session id, names a new lease as soon as the session's lease has ended.
 REPLAY_WINDOW_S = 24 * 3600.0
+LeaseId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH)]
 
 
-@leases.post("", status_code=201, openapi_extra=json_schema_body(LeaseCreate))
+@leases.post("", status_code=201, openapi_extra=json_schema_body(LeaseCreate),
+             responses={**ok(LeaseOut, 200, 201), **errors(400, *COMPANION, 409, 413, 503)})
 async def create_lease(
     request: Request, ctl: Ctl, _: Companion,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -86,8 +89,8 @@ def _replay(ctl: Controller, existing: LeaseRow, request_hash: str) -> Response:
 
 
 async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: str) -> Response:
-    """The warm path inline (a Ready pod with a free slot, checked by the insert itself), else pending.
-    The first response is stored with the row, so a replay returns it byte for byte."""
+    """The warm path inline (a Ready pod with a free slot, checked by the insert itself) unless leases are queued,
+    else pending. The first response is stored with the row, so a replay returns it byte for byte."""
     now = ctl.clock()
     row = LeaseRow(
         id="l_" + secrets.token_hex(8), session_id=req.session_id, voice_id=req.voice_id, language=req.language,
@@ -95,7 +98,10 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
         expires_at=now + ctl.tuning.lease_ttl_s,
     )
     per_pod = ctl.policy.sessions_per_pod
-    for pod, used in await ctl.store.warm_candidates(per_pod):
+    queued = await ctl.store.queue_length()
+    # Leases already waiting go first: a slot that frees up is theirs (the next pass, woken by the release, assigns
+    # it in queue order). Taken here by each newcomer instead, it left the queue waiting until pending_timeout_s.
+    for pod, used in [] if queued else await ctl.store.warm_candidates(per_pod):
         warm = row.model_copy(update={
             "pod_id": pod.id, "slot": next(s for s in range(per_pod) if s not in used),
             "path": ClaimPath.WARM.value, "state": LeaseState.READY.value, "ready_at": now,
@@ -111,7 +117,6 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
                 return _created(warm)
         except SlotTaken:
             continue  # another request took that slot a moment ago: try the next pod
-    queued = await ctl.store.queue_length()
     if queued >= ctl.tuning.queue_limit:
         if existing := await ctl.store.lease_by_key(key):  # a replay is answered even when the queue is full
             return _replay(ctl, existing, request_hash)
@@ -126,9 +131,9 @@ async def _new_lease(ctl: Controller, req: LeaseCreate, key: str, request_hash: 
     return _created(row)
 
 
-@leases.get("/{lease_id}")
+@leases.get("/{lease_id}", responses={**ok(LeaseOut, 200), **errors(*COMPANION, 404)})
 async def get_lease(
-    lease_id: str, ctl: Ctl, _: Companion, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0
+    lease_id: LeaseId, ctl: Ctl, _: Companion, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0
 ) -> dict[str, Any]:
     lease, pod = await _lease_or_404(ctl, lease_id)
     deadline = asyncio.get_running_loop().time() + wait
@@ -150,8 +155,8 @@ async def get_lease(
     return await render_lease(ctl, lease, pod)
 
 
-@leases.post("/{lease_id}/heartbeat")
-async def heartbeat(lease_id: str, ctl: Ctl, _: Companion) -> dict[str, Any]:
+@leases.post("/{lease_id}/heartbeat", responses={**ok(LeaseOut, 200), **errors(*COMPANION, 404, 409)})
+async def heartbeat(lease_id: LeaseId, ctl: Ctl, _: Companion) -> dict[str, Any]:
     now = ctl.clock()
     lease, pod = await ctl.store.heartbeat(lease_id, now + ctl.tuning.lease_ttl_s, now)
     if lease is None:
@@ -165,9 +170,9 @@ async def heartbeat(lease_id: str, ctl: Ctl, _: Companion) -> dict[str, Any]:
     return await render_lease(ctl, lease, pod)
 
 
-@leases.delete("/{lease_id}")
+@leases.delete("/{lease_id}", responses={**ok(LeaseOut, 200), **errors(*COMPANION, 404)})
 async def release(
-    lease_id: str, ctl: Ctl, _: Companion, pod_failed: Annotated[bool, Query()] = False
+    lease_id: LeaseId, ctl: Ctl, _: Companion, pod_failed: Annotated[bool, Query()] = False
 ) -> dict[str, Any]:
     """Release a lease (idempotent). ``?pod_failed=true``: the client could not reach the pod; it is taken
     out of the warm pool until a health probe says otherwise, so the next lease does not land on it."""
@@ -184,13 +189,34 @@ async def release(
         await ctl.store.add_events([(now, f"pod/{lease.pod_id}", "ReportedUnreachable", f"by lease {lease_id}")])
         ctl.wake()
     elif await ctl.store.queue_length():
-        ctl.wake()  # a freed slot can serve a waiting lease now; otherwise the idle clock needs no hurry
+        if active and lease.pod_id is not None and lease.slot is not None:
+            await _hand_over(ctl, lease.pod_id, lease.slot)
+        ctl.wake()  # whatever waits still can be served by a pass; otherwise the idle clock needs no hurry
     async with ctl.lease_changed:
         ctl.lease_changed.notify_all()
     return await render_lease(ctl, lease)
 
 
-@leases.get("")
+async def _hand_over(ctl: Controller, pod_id: str, slot: int) -> None:
+    """The slot a release freed goes to the oldest queued lease at once, if its pod is still Ready: the warm path
+    for the queue (a newcomer takes no slot while leases wait). The queue then waits for no pass, and so for no
+    RunPod call; if the pod is not Ready, or the slot went meanwhile, the next pass serves the queue instead."""
+    head = await ctl.store.queue_head()
+    if head is None:
+        return
+    now = ctl.clock()
+    try:
+        if not await ctl.store.assign_lease(head, pod_id, slot, ClaimPath.WARM, True, now, require_ready_pod=True):
+            return
+    except SlotTaken:
+        return
+    lease = await ctl.store.get_lease(head)
+    if lease is not None:
+        ctl.metrics.lease_wait.labels(path=ClaimPath.WARM.value).observe(max(0.0, now - lease.created_at))
+    await ctl.store.add_events([(now, f"lease/{head}", "Ready", f"warm: pod {pod_id} slot {slot}, freed by a release")])
+
+
+@leases.get("", responses={**ok(LeaseList, 200), **errors(401, 403, 422)})
 async def list_leases(
     ctl: Ctl, _: Admin, state: Annotated[LeaseState | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,

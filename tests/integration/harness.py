@@ -4,6 +4,11 @@ in the test's event loop, talking real HTTP (the controller through the official
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -77,6 +82,58 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, ever
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
 
 
+def daemon_env(emulator_url: str, database: str, port: int, **settings: Any) -> dict[str, str]:
+    """The environment of a real daemon on ``port`` against the emulator; ``settings`` as ``name=value`` (each
+    becomes ``HARPER_NAME``). Nothing of the test run's own ``HARPER_*`` environment leaks in."""
+    url = database if "://" in database else f"sqlite+aiosqlite:///{database}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARPER_")}
+    values = {"runpod_api_key": EMULATOR_KEY, "runpod_api_url": emulator_url, "database_url": url,
+              "api_token": COMPANION, "admin_token": ADMIN, "port": port, "gpu_types": f"{GPU_A},{GPU_B}"} | settings
+    return env | {f"HARPER_{name.upper()}": str(value) for name, value in values.items()}
+
+
+def _die_with_parent() -> None:
+    """In the daemon's process, before it runs: a test run or bench that dies takes its daemon with it (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Daemon:
+    """The real daemon (``python -m reconciler run``) as a subprocess; everything it prints goes to ``log_path``."""
+
+    def __init__(self, env: dict[str, str], log_path: str) -> None:
+        self.env, self.log_path = env, log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with open(self.log_path, "a") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "reconciler", "run", env=self.env, stdout=log, stderr=log,
+                preexec_fn=_die_with_parent,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def kill(self) -> None:
+        if self.running:
+            self.proc.send_signal(signal.SIGKILL)
+            await self.proc.wait()
+
+    async def terminate(self) -> None:
+        if self.running:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                await self.kill()
+
+    def output(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
 class Api:
     """The controller's REST API as the tests call it."""
 
@@ -99,6 +156,13 @@ class Api:
 
     async def pods(self) -> list[dict]:
         return (await self.get("/v1/pods", ADMIN)).json()["pods"]
+
+    async def serving(self) -> bool:
+        """The API answers (a daemon that is starting, or was just killed, does not)."""
+        try:
+            return (await self.http.get("/healthz", timeout=0.5)).status_code == 200
+        except httpx.TransportError:
+            return False
 
     async def aclose(self) -> None:
         await self.http.aclose()

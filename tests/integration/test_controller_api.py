@@ -238,3 +238,104 @@ async def test_openapi_documents_the_bodies_the_handlers_read_themselves(stack):
     assert body("/v1/leases", "post")["required"] == ["session_id"]
     policy_fields = set(body("/v1/policy", "patch")["properties"])
     assert policy_fields == set((await api.get("/v1/policy", ADMIN)).json())  # every policy field, no more
+
+
+async def test_ids_and_filters_that_cannot_name_a_record_are_refused_before_the_database(stack):
+    """A NUL in an id or a filter was a 500 on PostgreSQL (it cannot even compare such a string); ids the API never
+    hands out, and over-long ones, are refused as invalid without a lookup."""
+    server, api, emu = stack
+    for method, path, token in [
+        ("GET", "/v1/leases/a%00b", COMPANION), ("POST", "/v1/leases/a%00b/heartbeat", COMPANION),
+        ("DELETE", "/v1/leases/a%00b", COMPANION), ("GET", "/v1/pods/a%00b", ADMIN),
+        ("POST", "/v1/pods/a%00b/stop", ADMIN), ("GET", "/v1/events?object=pod/a%00b", ADMIN),
+        ("GET", "/v1/leases/" + "l" * 65, COMPANION), ("GET", "/v1/leases/l_%E2%9C%93", COMPANION),
+    ]:
+        response = await api.http.request(method, path, headers=api.h(token))
+        assert response.status_code == 422, (path, response.status_code, response.text)
+        assert response.json()["error"]["code"] == "invalid_request"
+    assert (await api.get("/v1/leases/l_0123456789abcdef")).status_code == 404  # a well-formed id is looked up
+
+
+async def test_openapi_declares_every_answer_with_its_body(stack):
+    server, api, emu = stack
+    spec = (await api.http.get("/openapi.json")).json()
+    error_ref = "#/components/schemas/ErrorBody"
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status in ("401", "422"):  # every /v1 route: a missing token, a bad parameter
+                assert responses[status]["content"]["application/json"]["schema"]["$ref"] == error_ref, (path, method)
+            if path != "/v1/leases" or method == "get":
+                admin_only = not path.startswith("/v1/leases") or (path == "/v1/leases" and method == "get")
+                assert ("403" in responses) == admin_only, (path, method)
+    create = spec["paths"]["/v1/leases"]["post"]["responses"]
+    assert {"200", "201", "409", "413", "503"} <= set(create)  # a replay is 200, a full queue 503
+    assert create["200"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/LeaseOut"
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # FastAPI's 422 body is not what we send
+    patch = spec["paths"]["/v1/policy"]["patch"]["requestBody"]["content"]["application/json"]["schema"]
+    idle = next(s for s in patch["properties"]["idle_ttl_s"]["anyOf"] if s["type"] == "number")
+    assert (idle["minimum"], idle["maximum"]) == (0, 7 * 86400)  # the policy's bounds, as the handler applies them
+    verb = next(p for p in spec["paths"]["/v1/pods/{pod_id}/{op}"]["post"]["parameters"] if p["name"] == "op")
+    assert verb["schema"]["enum"] == ["stop", "start", "terminate", "cordon", "uncordon"]
+    assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+
+
+async def test_a_waiting_lease_gets_the_freed_slot_at_once_and_a_newcomer_queues_behind(make_controller, emu):
+    """Found by the chaos bench: with pods at max_pods, each slot a release freed went to the next new request on
+    the warm path, while the leases already queued waited, were assigned by the next pass to a slot taken in the
+    meantime, and timed out after pending_timeout_s. Now the release hands the slot to the oldest queued lease at
+    once (no pass, so no RunPod call, needed: here RunPod cannot even be listed), and a newcomer queues behind."""
+    server = await make_controller(standby_count=0, max_pods=1, idle_ttl_s=60.0)
+    api = Api(server.url)
+    try:
+        first = (await api.lease("a")).json()
+        first = (await api.get(f"/v1/leases/{first['id']}", wait=20)).json()
+        assert first["state"] == "ready"
+        waiting = (await api.lease("b")).json()
+        assert waiting["state"] == "pending" and waiting["queue_position"] == 1
+        await emu.fault(op="list_pods", kind="internal", count=10_000)  # from now on no pass gets anywhere
+        await api.http.delete(f"/v1/leases/{first['id']}", headers=api.h())
+        served = (await api.get(f"/v1/leases/{waiting['id']}")).json()
+        assert served["state"] == "ready" and served["pod_id"] == first["pod_id"] and served["path"] == "warm"
+        assert served["token"] and served["endpoints"]
+        newcomer = (await api.lease("c")).json()
+        assert newcomer["state"] == "pending" and newcomer["queue_position"] == 1, newcomer
+        third = (await api.lease("d")).json()
+        await api.http.delete(f"/v1/leases/{served['id']}", headers=api.h())
+        assert (await api.get(f"/v1/leases/{newcomer['id']}")).json()["state"] == "ready"  # oldest first
+        assert (await api.get(f"/v1/leases/{third['id']}")).json()["queue_position"] == 1
+    finally:
+        await emu.clear_faults()
+        await api.aclose()
+
+
+async def test_a_freed_slot_is_handed_over_only_while_its_pod_is_ready_and_uncordoned(make_controller, emu):
+    server = await make_controller(standby_count=0, max_pods=1, idle_ttl_s=60.0)
+    api = Api(server.url)
+    try:
+        first = (await api.lease("a")).json()
+        first = (await api.get(f"/v1/leases/{first['id']}", wait=20)).json()
+        waiting = (await api.lease("b")).json()
+        assert (await api.post(f"/v1/pods/{first['pod_id']}/cordon", ADMIN)).status_code == 200
+        await emu.fault(op="list_pods", kind="internal", count=10_000)
+        await api.http.delete(f"/v1/leases/{first['id']}", headers=api.h())
+        assert (await api.get(f"/v1/leases/{waiting['id']}")).json()["state"] == "pending"
+    finally:
+        await emu.clear_faults()
+        await api.aclose()
+
+
+async def test_a_query_parameter_the_route_does_not_take_is_refused(stack):
+    """Found by schemathesis: unknown query parameters were ignored, so a typo answered as if it was not there
+    (``?wiat=20`` returned a pending lease at once, ``?stat=ready`` the whole list)."""
+    server, api, emu = stack
+    lease = (await api.lease("s")).json()
+    typo = await api.get(f"/v1/leases/{lease['id']}", wiat=20)
+    assert typo.status_code == 422 and typo.json()["error"] == {
+        "code": "invalid_request", "message": "query.wiat: not a parameter of this route"}
+    assert (await api.get("/v1/leases", ADMIN, stat="ready")).status_code == 422
+    assert (await api.get("/v1/leases", ADMIN, state="ready", limit=5)).status_code == 200  # declared ones pass
+    assert (await api.get(f"/v1/leases/{lease['id']}", wait=0)).status_code == 200
+    assert (await api.http.get("/v1/leases", params={"stat": "x"})).status_code == 401  # the token comes first

@@ -1,5 +1,15 @@
 """The real daemon against the emulator over HTTP: standby, claim ladder, idle TTL, capacity fallbacks."""
 
+import asyncio
+import os
+import socket
+import sqlite3
+import time
+
+import pytest
+
+from reconciler import claim
+
 from .harness import ADMIN, GPU_A, GPU_B, Api, until
 
 
@@ -205,3 +215,45 @@ async def test_a_pod_reported_unreachable_gets_no_lease_until_its_probe_passes(m
         assert (third["state"], third["path"], third["pod_id"]) == ("ready", "warm", pod_id)
     finally:
         await api.aclose()
+
+
+
+@pytest.mark.parametrize(("renewed_ago", "kept"), [(60.0, True), (1.0, False)], ids=["long-outage", "quick-restart"])
+async def test_after_a_long_outage_no_lease_whose_client_is_alive_expires(make_controller, emu, database_url,
+                                                                         renewed_ago, kept):
+    """Found by the chaos bench: leases whose clients kept heartbeating expired when no controller ran for longer
+    than the TTL, as no heartbeat could land. A controller that takes over from one that died holding the database
+    long enough ago gives every active lease one TTL from its start (a silent client loses its lease one TTL
+    later); after a quick restart (a crash loop) nothing changes, so vanished clients' leases still expire."""
+    server = await make_controller(lease_ttl_s=2.0, idle_ttl_s=60.0)
+    api = Api(server.url)
+    try:
+        await until(lambda: standby_parked(api))
+        held = (await api.lease("alive")).json()
+        held = (await api.get(f"/v1/leases/{held['id']}", wait=20)).json()
+        assert held["state"] == "ready"
+        await server.stop()
+        await asyncio.sleep(2.5)  # past the TTL: the client's heartbeats found no controller meanwhile
+        _leave_dead_holder(database_url, renewed_ago)  # as a SIGKILLed controller leaves the lock row
+        again = await make_controller(lease_ttl_s=2.0, idle_ttl_s=60.0)
+        api2 = Api(again.url)
+        try:
+            beat = await api2.post(f"/v1/leases/{held['id']}/heartbeat")
+            assert (beat.status_code == 200) == kept, beat.text
+            await again.controller.reconcile_once()
+            state = (await api2.get(f"/v1/leases/{held['id']}")).json()["state"]
+            assert state == ("ready" if kept else "expired")
+        finally:
+            await api2.aclose()
+    finally:
+        await api.aclose()
+
+
+def _leave_dead_holder(database_url: str, renewed_ago: float) -> None:
+    """The lock row of a controller on this machine whose process is gone, last renewed ``renewed_ago`` s ago."""
+    now = time.time()
+    process = claim.process_key(os.getpid()).rsplit("/", 1)[0] + "/1"  # this pid, another start time: gone
+    with sqlite3.connect(database_url.split(":///", 1)[1]) as conn:
+        conn.execute("INSERT INTO controller_lock (id, token, host, pid, process, api_url, since, renewed_at, "
+                     "stale_after_s) VALUES (1, 'dead', ?, ?, ?, '', ?, ?, 30)",
+                     (socket.gethostname(), os.getpid(), process, now - 100, now - renewed_ago))

@@ -462,3 +462,14 @@ def test_pod_reasons_are_the_current_ones():
     actions = plan(desired([idle], policy=Policy(standby_count=1, idle_ttl_s=300)), observed(seen(idle)), NOW)
     stop = of(actions, StopPod)[0]
     assert stop.reason.startswith("idle for 400s")
+
+
+def test_a_lease_left_on_a_stopped_pod_by_an_interrupted_resume_is_requeued():
+    """Found by the chaos bench: killed between recording a resume (the lease put on the standby) and putting the
+    lease back after the resume failed, the controller left the lease waiting on a stopped pod until
+    pending_timeout_s. The next pass puts it back in the queue, which serves it at once."""
+    sb = standby("sb", failures=1)
+    waiting = lease("l1", pod_id="sb", path=ClaimPath.STANDBY_RESUME)
+    actions = plan(desired([sb], [waiting], policy=Policy(standby_count=0)), observed(seen(sb, "EXITED")), NOW)
+    assert of(actions, RequeueLease) == [RequeueLease("l1", "pod sb is stopped")]
+    assert of(actions, ResumePod) == [ResumePod("sb", "l1", "standby resumed for a lease")]

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gpu_server.auth import REDACT_TOKENS
+from gpu_server.auth import REDACT_TOKENS, SlotGuard
 from gpu_server.batcher import DecodeBatcher
 from gpu_server.engines import Engines, load_engines
 from gpu_server.gate import ModelGate
@@ -40,6 +40,9 @@ class ServerState:
     stt_batcher: DecodeBatcher | None = None
     load_error: str | None = None
     streams: dict[str, int] = field(default_factory=lambda: {"stt": 0, "tts": 0})  # open WebSocket streams
+    slots: SlotGuard = field(default_factory=SlotGuard)  # the newest lease seen on each slot of this pod
+    # Open connections by lease id, closed when a newer lease's token for the same slot arrives.
+    by_lease: dict[str, set[Callable[[], Awaitable[None]]]] = field(default_factory=dict)
 
 
 async def _load_models(state: ServerState, load: Callable[[Settings], Engines]) -> None:

@@ -3,8 +3,10 @@
 The handlers only turn WebSocket messages into `protocol` messages and back; `stt.SttStream` and
 `tts.TtsSession` do the work. Per-message problems (bad JSON, bad audio, too large, queue full) are
 answered with an ``error`` message and the connection keeps going; only admission failures close it:
-4401 for a missing, forged or expired token (checked before anything else happens), 1013 with an
-``error`` first when the models are still loading or the server is at its stream limit.
+4401 for a missing, forged or expired token (checked before anything else happens) or one whose slot a newer
+lease now holds, 1013 with an ``error`` first when the models are still loading or the server is at its stream
+limit. A token for a newer lease on the same slot also closes the older lease's open connections with 4401: a
+released lease's client cannot keep using a slot that someone else now holds.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
 
 from gpu_server import protocol
-from gpu_server.auth import TokenError, verify_token
+from gpu_server.auth import TokenClaims, TokenError, verify_token
 from gpu_server.memory import release_free_memory
 from gpu_server.protocol import ErrorCode, ProtocolError
 from gpu_server.stt import SttStream
@@ -74,18 +76,25 @@ def _token(ws: WebSocket) -> str:
     return token
 
 
-async def _admit(ws: WebSocket, kind: str) -> tuple[ServerState, Outbox] | None:
-    """Accept, then refuse (and close) unless the token is good, the models are loaded and a ``kind`` stream
-    is free."""
+async def _admit(ws: WebSocket, kind: str) -> tuple[ServerState, Outbox, TokenClaims] | None:
+    """Accept, then refuse (and close) unless the token is good and its lease still holds its slot, the models
+    are loaded and a ``kind`` stream is free."""
     state: ServerState = ws.app.state.server
     settings = state.settings
     await ws.accept()
     outbox = Outbox(ws)
     try:
-        verify_token(settings.secret, _token(ws), now=time.time(), pod_id=settings.pod_id)
+        claims = verify_token(settings.secret, _token(ws), now=time.time(), pod_id=settings.pod_id)
+        superseded = state.slots.admit(claims)
     except TokenError as e:
         await outbox.close(protocol.CLOSE_UNAUTHORIZED, str(e))
         return None
+    if superseded is not None:
+        closers = state.by_lease.pop(superseded, set())
+        if closers:
+            log.info("closing %d connection(s) of a lease whose slot a newer lease holds", len(closers))
+        for close in list(closers):
+            await close()
     if state.engines is None:
         await outbox.message(protocol.Error(ErrorCode.LOADING, "models are still loading; retry when /health is 200"))
         await outbox.close(protocol.CLOSE_TRY_AGAIN_LATER, "loading")
@@ -95,7 +104,25 @@ async def _admit(ws: WebSocket, kind: str) -> tuple[ServerState, Outbox] | None:
         await outbox.message(protocol.Error(ErrorCode.BUSY, f"this server already has {active} {kind} streams"))
         await outbox.close(protocol.CLOSE_TRY_AGAIN_LATER, "busy")
         return None
-    return state, outbox
+    return state, outbox, claims
+
+
+@contextlib.contextmanager
+def _held(state: ServerState, claims: TokenClaims, outbox: Outbox) -> Iterator[None]:
+    """This connection, known under its lease until it ends, so a newer lease on the slot can close it."""
+
+    async def close() -> None:
+        await outbox.close(protocol.CLOSE_UNAUTHORIZED, f"a newer lease holds slot {claims.slot} of this pod")
+
+    state.by_lease.setdefault(claims.lease_id, set()).add(close)
+    try:
+        yield
+    finally:
+        closers = state.by_lease.get(claims.lease_id)
+        if closers is not None:
+            closers.discard(close)
+            if not closers:
+                del state.by_lease[claims.lease_id]
 
 
 @contextlib.asynccontextmanager
@@ -166,7 +193,7 @@ async def stt_socket(ws: WebSocket) -> None:
     admitted = await _admit(ws, "stt")
     if admitted is None:
         return
-    state, outbox = admitted  # admitted: the engines and the decode batcher are there
+    state, outbox, claims = admitted  # admitted: the engines and the decode batcher are there
     assert state.engines is not None and state.stt_batcher is not None
     stream = SttStream(
         transcriber=state.engines.stt,
@@ -190,9 +217,10 @@ async def stt_socket(ws: WebSocket) -> None:
         await stream.audio(data)
         return False
 
-    async with _counted(state, "stt"):
-        reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
-        await _serve(outbox, reader, stream.run_worker())
+    with _held(state, claims, outbox):
+        async with _counted(state, "stt"):
+            reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
+            await _serve(outbox, reader, stream.run_worker())
 
 
 @router.websocket("/ws/tts")
@@ -200,7 +228,7 @@ async def tts_socket(ws: WebSocket) -> None:
     admitted = await _admit(ws, "tts")
     if admitted is None:
         return
-    state, outbox = admitted
+    state, outbox, claims = admitted
     assert state.engines is not None and state.tts_gate is not None
     session = TtsSession(
         synthesizer=state.engines.tts,
@@ -222,6 +250,7 @@ async def tts_socket(ws: WebSocket) -> None:
     async def on_bytes(data: bytes) -> bool:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "/ws/tts takes JSON text messages only")
 
-    async with _counted(state, "tts"):
-        reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
-        await _serve(outbox, reader, session.run_worker())
+    with _held(state, claims, outbox):
+        async with _counted(state, "tts"):
+            reader = _pump(ws, outbox, state.settings.max_message_bytes, on_text, on_bytes)
+            await _serve(outbox, reader, session.run_worker())

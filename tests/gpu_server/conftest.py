@@ -41,8 +41,16 @@ def make_settings(**overrides: object) -> Settings:
     return Settings(**{**base, **overrides})
 
 
-def token(*, ttl_s: float = 600, pod: str = "local", secret: str = SECRET) -> str:
-    return issue_token(secret, "lease-test", pod, expires_at=time.time() + ttl_s)
+def token(
+    *,
+    ttl_s: float = 600,
+    pod: str = "local",
+    secret: str = SECRET,
+    lease: str = "lease-test",
+    slot: int | None = None,
+    generation: int = 0,
+) -> str:
+    return issue_token(secret, lease, pod, expires_at=time.time() + ttl_s, slot=slot, generation=generation)
 
 
 @dataclass

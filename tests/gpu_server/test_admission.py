@@ -56,6 +56,39 @@ async def test_token_must_name_this_pod_when_the_pod_id_is_known(start_server):
         assert (await closed_with(pod_a.ws("/ws/stt", token(pod="pod-a"))))[0] == 1000
 
 
+async def test_a_newer_lease_on_the_slot_closes_the_old_leases_sockets_and_refuses_its_token(start_server):
+    """The controller released lease-a and gave its slot to lease-b: lease-a's open STT and TTS sockets close
+    with 4401 when lease-b's token arrives, lease-a's token is refused from then on, and a lease on another
+    slot keeps its stream."""
+    old, new = token(lease="lease-a", slot=0, generation=1000), token(lease="lease-b", slot=0, generation=2000)
+    other = token(lease="lease-c", slot=1, generation=1500)
+    with start_server(max_stt_streams=4) as pod:
+        async with (
+            connect(pod.ws("/ws/stt", old)) as stt,
+            connect(pod.ws("/ws/tts", old)) as tts,
+            client.SttConnection(pod.ws("/ws/stt"), other) as neighbour,
+        ):
+            await stt.send(protocol.encode(protocol.SttStart()))
+            assert protocol.parse_stt_server(await stt.recv()) == protocol.Ready()
+            await neighbour.send_start()
+            async with connect(pod.ws("/ws/stt", new)) as newer:
+                await newer.send(protocol.encode(protocol.SttStart()))
+                assert protocol.parse_stt_server(await newer.recv()) == protocol.Ready()
+                for ws in (stt, tts):
+                    with pytest.raises(ConnectionClosed):
+                        await asyncio.wait_for(ws.recv(), 10)
+                    assert (ws.close_code, ws.close_reason) == (
+                        protocol.CLOSE_UNAUTHORIZED,
+                        "a newer lease holds slot 0 of this pod",
+                    )
+            code, received = await closed_with(pod.ws("/ws/stt", old))
+            assert (code, received) == (protocol.CLOSE_UNAUTHORIZED, [])
+            assert (await closed_with(pod.ws("/ws/stt", new)))[0] == 1000  # the holder reconnects freely
+            await neighbour.send_audio(silence(0.5).tobytes())
+            await neighbour.send_stop()
+            assert any(isinstance(r.message, protocol.Done) for r in await neighbour.receive_all())
+
+
 async def test_stream_limit_answers_busy_and_the_admitted_stream_carries_on(start_server, spoken):
     with start_server(max_stt_streams=1) as small:
         async with client.SttConnection(small.ws("/ws/stt"), token()) as first:

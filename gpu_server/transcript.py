@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import zlib
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters and digits of any script: "mañana" is one word
 # British spellings Whisper and our TTS texts disagree on; WER should not count them.
 _SPELLING = {"colour": "color", "favourite": "favorite", "travelling": "traveling", "centre": "center"}
 # Whisper writes "2" where the text says "two".

@@ -20,6 +20,13 @@ def test_normalisation_ignores_case_punctuation_and_british_spelling():
     assert normalize_words("Hello, World! My favourite colour.") == ["hello", "world", "my", "favorite", "color"]
 
 
+def test_words_of_any_script_are_whole_words():
+    """Spanish WER was measured on split words: "mañana" was "ma" and "ana", so one wrong letter cost two."""
+    assert normalize_words("¿Qué tiempo hará mañana? Él dijo: «sí».") == ["qué", "tiempo", "hará", "mañana", "él", "dijo", "sí"]
+    assert word_errors("hasta mañana", "hasta manana") == (1, 2)
+    assert normalize_words("snake_case") == ["snake", "case"]
+
+
 def test_number_words_and_digits_are_the_same_word():
     assert normalize_words("Two cats, 3 dogs") == ["2", "cats", "3", "dogs"]
     assert word_errors("I have two cats", "I have 2 cats.") == (0, 4)

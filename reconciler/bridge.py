@@ -83,6 +83,11 @@ class SttEvent:
     at: float
     message: protocol.Message = field(repr=False)
 
+    @property
+    def end_of_turn(self) -> bool:
+        """A final that ends the speaker's turn (False for a part of a long turn that goes on; see DESIGN)."""
+        return isinstance(self.message, protocol.Final) and self.message.end_of_turn
+
 
 _CLOSED = object()
 

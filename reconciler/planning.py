@@ -385,6 +385,8 @@ def warm_candidates(pods: list[Pod]) -> list[Pod]:
 
 def _claim(p: _Plan, queue: list[Lease]) -> None:
     """The claim ladder: warm -> a pod already starting -> standby_resume -> cold_create -> stay queued."""
+    if not queue:
+        return  # most passes: nothing waits, and the ladder would sort every pod for nothing
     P = PodPhase
     pods = sorted(p.pods.values(), key=lambda pod: (-len(p.slots[pod.id]), pod.created_at, pod.id))
     warm = warm_candidates(pods)

@@ -47,6 +47,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
 
 def check_each_once(finals, texts, spans) -> None:
     assert len(finals) == len(texts), [(f.server, f.text) for f in finals]
+    assert all(f.end_of_turn for f in finals)  # short utterances: each final ends its turn, on either server
     for final, text, (start, end) in zip(finals, texts, spans, strict=True):
         assert word_error_rate([text], [final.text]) <= 0.25, (text, final.text, final.server)
         assert start - 0.4 <= final.start and final.end <= end + 0.3, (final, start, end)

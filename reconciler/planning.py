@@ -207,9 +207,10 @@ def _diff(old: Pod, new: Pod) -> tuple[tuple[str, object], ...]:
 
 def find_orphans(desired: Desired, observed: Observed) -> list[ObservedPod]:
     """Pods with our prefix that no record owns. Pods without the prefix are never ours to touch."""
-    known = {p.name for p in desired.pods}
+    known = {p.id for p in desired.pods}  # names are the prefix and the id
+    cut = len(POD_NAME_PREFIX)
     return [
-        o for name, o in observed.pods.items() if name.startswith(POD_NAME_PREFIX) and name not in known
+        o for name, o in observed.pods.items() if name.startswith(POD_NAME_PREFIX) and name[cut:] not in known
     ]
 
 
@@ -320,7 +321,7 @@ def plan(desired: Desired, observed: Observed, now: float) -> list[Action]:
 
 def _sync_all(p: _Plan, observed: Observed) -> None:
     for pod in p.d.pods:
-        seen = observed.pods.get(pod.name)
+        seen = observed.pods.get(POD_NAME_PREFIX + pod.id)  # pod.name, without a property call per pod and pass
         changes = sync_changes(pod, seen, p.tuning, p.now)
         if changes:
             new = replace(pod, **changes)
@@ -333,6 +334,10 @@ def _sync_all(p: _Plan, observed: Observed) -> None:
             reason = "RunPod reports the container in ERROR"
             if p.emit(TerminatePod(pod.id, reason, logs=True)):
                 p.pods[pod.id] = replace(p.pods[pod.id], phase=PodPhase.TERMINATING, phase_since=p.now, reason=reason)
+
+
+_SERVES_NO_LEASE = frozenset({PodPhase.TERMINATING, PodPhase.TERMINATED, PodPhase.FAILED, PodPhase.STOPPING,
+                              PodPhase.STOPPED})
 
 
 def _settle_leases(p: _Plan) -> list[Lease]:
@@ -352,7 +357,7 @@ def _settle_leases(p: _Plan) -> list[Lease]:
             continue
         # A stopped (or stopping) pod serves no lease either: a pending one is left there only when the controller
         # was killed between recording a resume and putting the lease back after the resume failed.
-        lost = pod is None or pod.phase in (P.TERMINATING, P.TERMINATED, P.FAILED, P.STOPPING, P.STOPPED)
+        lost = pod is None or pod.phase in _SERVES_NO_LEASE
         if lost:
             why = f"pod {lease.pod_id} is {pod.phase if pod else 'gone'}" + (
                 f" ({pod.reason})" if pod and pod.reason else ""
@@ -472,9 +477,9 @@ def _type_rank(p: _Plan, gpu_type: str) -> int:
 def _park_idle(p: _Plan) -> None:
     """Stop Ready pods that hold no lease: standbys at once, serving pods after the idle TTL."""
     for pod in list(p.pods.values()):
-        if pod.phase != PodPhase.READY or pod.id.startswith("~"):
+        if pod.phase != PodPhase.READY or pod.id[0] == "~":
             continue
-        if p.slots[pod.id]:
+        if p.slots.get(pod.id):
             if pod.idle_since is not None:
                 p.set_pod(pod, replace(pod, idle_since=None), "leased")
             continue
@@ -573,13 +578,14 @@ def _keep_standby(p: _Plan) -> None:
 def _collect(p: _Plan, observed: Observed) -> None:
     """Terminate surplus stopped pods, pods stuck starting or unhealthy, and orphans; resend stuck calls."""
     P, t = PodPhase, p.tuning
-    stopped = sorted(
-        (pod for pod in p.pods.values() if pod.phase == P.STOPPED and not pod.cordoned),
-        key=lambda pod: (
-            not (pod.was_ready and pod.backoff_until <= p.now), _type_rank(p, pod.gpu_type),
-            -(pod.ready_at or 0.0), pod.id,
-        ),
-    )
+    stopped = [pod for pod in p.pods.values() if pod.phase == P.STOPPED and not pod.cordoned]
+    if len(stopped) > p.policy.standby_count:  # which ones are kept matters only when some are surplus
+        stopped.sort(
+            key=lambda pod: (
+                not (pod.was_ready and pod.backoff_until <= p.now), _type_rank(p, pod.gpu_type),
+                -(pod.ready_at or 0.0), pod.id,
+            ),
+        )
     for pod in stopped[p.policy.standby_count:]:
         if p.now - pod.phase_since >= p.policy.stopped_ttl_s and not p.slots[pod.id]:
             p.emit(TerminatePod(pod.id, "surplus stopped pod past stopped_ttl_s"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,11 +31,11 @@ SEVERITIES = {"critical", "warning", "info"}
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     path = shutil.which("promtool")
     if path is None:
-        pytest.fail(
-            "promtool not found on PATH: install Debian's `prometheus` package (apt-get install prometheus), "
-            "as .ci/run does. The alert rules cannot be checked without it.",
-            pytrace=False,
-        )
+        missing = ("promtool not found on PATH: install Debian's `prometheus` package (apt-get install prometheus), "
+                   "as .ci/run does. The alert rules cannot be checked without it.")
+        if os.environ.get("CI") == "true":  # CI cannot pass by skipping
+            pytest.fail(missing + " (CI=true: required)", pytrace=False)
+        pytest.skip(missing)
     return subprocess.run([path, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120)
 
 

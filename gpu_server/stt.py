@@ -55,7 +55,7 @@ TAIL_S = 0.2  # audio kept after the last speech window: word endings are quiet
 EARLY_FINAL_MS = 200  # silence after which the tail is decoded as the likely final
 COMMIT_PAUSE_MS = 100  # a shorter pause is enough to commit at once the tail is this long:
 COMMIT_AFTER_S = 3.0
-MIN_COMMIT_S = 2.0  # shorter stretches are left in the tail: a model decodes a phrase or two alone poorly
+MIN_COMMIT_S = 4.0  # shorter stretches stay in the tail: a phrase decoded alone, without the words before, is misheard
 SPLIT_LOOKBACK_S = 10.0  # a long turn is cut at the best pause of its last seconds
 MAX_PENDING_FINALS = 4
 # Decode the VAD for chunks up to this many windows on the event loop (~0.1 ms each); longer ones in a thread.

@@ -55,6 +55,18 @@ async def test_streamed_speech_gives_partials_then_finals_at_each_endpoint(serve
     assert all(500 <= ms < 2500 for ms in result.final_latencies_ms)  # endpoint silence + decode
 
 
+async def test_a_short_turn_with_a_pause_inside_is_heard_as_one_phrase(server):
+    """The demo's sentence: ~2.3 s, a comma pause, ~2.2 s. Committing the first half at the pause left the
+    second half to be decoded alone, without the words before it: "a well deserved nap" came out as "a while to
+    serve that" (23.5% WER, where the offline decode of the same audio is exact)."""
+    text = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
+    speech = await client.speak(server.ws("/ws/tts"), token(), text)
+    audio = np.concatenate([silence(0.5, 24000), speech.pcm, silence(1.2, 24000)])
+    result = await client.transcribe(server.ws("/ws/stt"), token(), audio, 24000, realtime=True)
+    assert [f.end_of_turn for f in result.finals] == [True]
+    assert word_error_rate([text], [result.finals[0].text]) <= 0.1, result.finals[0].text
+
+
 async def test_silence_and_noise_give_no_text(server):
     rng = np.random.default_rng(7)
     white = (rng.standard_normal(160_000) * 3000).astype(np.int16)

@@ -5,6 +5,7 @@ import asyncio
 import numpy as np
 
 from gpu_server import client, protocol
+from gpu_server.audio import resample
 from gpu_server.batcher import DecodeBatcher
 from gpu_server.metrics import SpeechMetrics
 from gpu_server.stt import SttStream
@@ -53,18 +54,6 @@ async def test_streamed_speech_gives_partials_then_finals_at_each_endpoint(serve
     # The client's own latency figures (what the controller's demo prints) are there and plausible.
     assert 0 < result.first_partial_ms < 1500
     assert all(500 <= ms < 2500 for ms in result.final_latencies_ms)  # endpoint silence + decode
-
-
-async def test_a_short_turn_with_a_pause_inside_is_heard_as_one_phrase(server):
-    """The demo's sentence: ~2.3 s, a comma pause, ~2.2 s. Committing the first half at the pause left the
-    second half to be decoded alone, without the words before it: "a well deserved nap" came out as "a while to
-    serve that" (23.5% WER, where the offline decode of the same audio is exact)."""
-    text = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
-    speech = await client.speak(server.ws("/ws/tts"), token(), text)
-    audio = np.concatenate([silence(0.5, 24000), speech.pcm, silence(1.2, 24000)])
-    result = await client.transcribe(server.ws("/ws/stt"), token(), audio, 24000, realtime=True)
-    assert [f.end_of_turn for f in result.finals] == [True]
-    assert word_error_rate([text], [result.finals[0].text]) <= 0.1, result.finals[0].text
 
 
 async def test_silence_and_noise_give_no_text(server):
@@ -219,6 +208,41 @@ class RecordingWhisper:
     def transcribe_batch(self, requests):
         self.final_decodes_s += [len(r.audio) / 16000 for r in requests if r.beam_size > 1]
         return self._engine.transcribe_batch(requests)
+
+
+async def test_a_short_turn_with_a_pause_inside_is_decoded_as_one_phrase(engines):
+    """The demo's sentence: ~2.3 s, a comma pause, ~2.2 s. Committing the first half at the pause left the
+    second half to be decoded alone, without the words before it: over five syntheses of it, tiny.en made 10
+    word errors that way against 5 decoding it whole (offline: 1), e.g. "a well deserved nap" heard as "a while
+    to serve that". A stretch shorter than MIN_COMMIT_S stays in the tail, so the end-of-turn decode covers it."""
+    text = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
+    whisper = RecordingWhisper(engines.stt)
+    sent: list[protocol.Message] = []
+
+    async def emit(message):
+        sent.append(message)
+
+    speech = np.concatenate(list(engines.tts.synthesize(text, None, 30.0)))
+    pcm = (np.clip(resample(speech, engines.tts.sample_rate, 16000), -1, 1) * 32767).astype(np.int16)
+    audio = np.concatenate([silence(0.5), pcm, silence(1.2)])
+    async with DecodeBatcher(whisper) as batcher:
+        stream = SttStream(
+            transcriber=whisper, vad=engines.vad, batcher=batcher, settings=make_settings(),
+            metrics=SpeechMetrics(), emit=emit,
+        )
+        worker = stream.run_worker()
+        started = asyncio.get_running_loop().time()
+        for i, chunk in enumerate(client.chunk_pcm(audio, 16000)):
+            await asyncio.sleep(max(0.0, started + i * 0.02 - asyncio.get_running_loop().time()))
+            await stream.audio(chunk)
+        await stream.stop()
+        await worker
+    finals = [m for m in sent if isinstance(m, protocol.Final) and m.text]
+    assert len(finals) == 1 and finals[0].end_of_turn
+    turn_s = finals[0].end - finals[0].start
+    assert len(whisper.final_decodes_s) >= 2, whisper.final_decodes_s  # it was decoded at the pause too
+    assert whisper.final_decodes_s[-1] >= 0.9 * turn_s, (turn_s, whisper.final_decodes_s)
+    assert word_error_rate([text], [finals[0].text]) <= 0.25, finals[0].text
 
 
 async def test_the_end_of_turn_decodes_only_the_tail_after_the_last_pause(engines, spoken):

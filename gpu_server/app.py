@@ -63,6 +63,24 @@ async def _load_models(state: ServerState, load: Callable[[Settings], Engines]) 
     log.info("models ready: stt=%s tts=%s", engines.stt.info(), engines.tts.info())
 
 
+# A message over this many times max_message_bytes is not even buffered: uvicorn closes the connection with 1009.
+# Between the two it is read and refused with a too_large error, and the connection goes on.
+HARD_CAP_FACTOR = 4
+# Messages uvicorn holds for a handler that is not reading (STT backpressure) before it stops reading the socket.
+WS_QUEUE = 8
+
+
+def uvicorn_ws_options(settings: Settings) -> dict[str, object]:
+    """WebSocket options of the uvicorn that serves this app: what one connection may make the server buffer is
+    bounded by ``WS_QUEUE`` messages of ``HARD_CAP_FACTOR * max_message_bytes`` (uvicorn's own defaults, 32 of
+    16 MiB, even reached through permessage-deflate from a few kB on the wire, are 512 MiB per connection)."""
+    return {
+        "ws": "websockets-sansio",
+        "ws_max_size": HARD_CAP_FACTOR * settings.max_message_bytes,
+        "ws_max_queue": WS_QUEUE,
+    }
+
+
 def create_app(settings: Settings, load: Callable[[Settings], Engines] = load_engines) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

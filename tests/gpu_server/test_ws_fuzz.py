@@ -16,7 +16,7 @@ logs every WebSocket's path with its query string) serves ``ROUNDS`` rounds. In 
 
 After each round the stream gauges on /metrics and the counts on /health are back at 0, and the server's idle RSS
 is sampled; after the last, RSS has not grown since the warm-up round, and the log holds no token, no secret, no
-traceback and no error line. Print the seed on failure; ``WS_FUZZ_SEED=<n>`` reruns a seed.
+traceback and no error line. The seed is printed; ``WS_FUZZ_SEED=<n>`` reruns one, ``WS_FUZZ_ROUNDS=<n>`` runs longer.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from runpod_emulator.runner import allocate_port
 from .conftest import SENTENCES
 
 SEED = int(os.environ.get("WS_FUZZ_SEED", "1313"))
-ROUNDS = 4  # the first warms up: RSS is compared between the end of round 1 and the end of the last
+ROUNDS = int(os.environ.get("WS_FUZZ_ROUNDS", "5"))  # the first warms up; idle RSS of the next two vs the last two
 FUZZERS = 3  # per socket and round
 SECRET = "ws-fuzz-pod-secret"
 POD = "pod-fuzz"
@@ -377,6 +377,7 @@ async def refused_tokens(pod: Pod) -> None:
                 with contextlib.suppress(ConnectionClosed):
                     await ws.recv()
             assert ws.close_code == protocol.CLOSE_UNAUTHORIZED, (path, ws.close_code)
+            assert tok not in (ws.close_reason or "") and SECRET not in (ws.close_reason or "")
 
 
 async def good_pair(pod: Pod, sentence: str) -> None:
@@ -467,9 +468,10 @@ async def test_fuzzing_both_sockets_breaks_nothing_leaks_nothing_and_logs_no_sec
         if outcome.checked:
             assert outcome.got == outcome.expected, str(outcome)
     assert sum(o.checked for o in outcomes) >= len(outcomes) // 3  # half of the endings read everything back
-    # Loose on purpose (allocator noise on a shared machine): no steady growth from one round to the next.
-    growth = rss[-1] - rss[1]
-    assert growth <= max(30.0, 0.05 * rss[1]), f"RSS grew {growth:.1f} MB over {ROUNDS - 2} rounds: {rss}"
+    # Loose on purpose: idle RSS swings by ~20 MB from round to round with the allocator on a shared machine. A
+    # leak grows with the traffic: the mean of the last two rounds against the first two after the warm-up.
+    early, late = float(np.mean(rss[1:3])), float(np.mean(rss[-2:]))
+    assert late - early <= max(40.0, 0.08 * early), f"idle RSS grew {late - early:.1f} MB: {rss}"
 
     log = pod.log.read_text(errors="replace")
     errors = " ".join(m for o in outcomes for m in o.messages)

@@ -108,6 +108,7 @@ def start_server(log_dir: Path) -> Server:
         process = subprocess.Popen(
             [sys.executable, "-m", "gpu_server", "serve", "--port", str(port)],
             env=env, cwd=Path(__file__).parents[1], stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the soak only: it stops the streams, then the server
         )
     started = time.monotonic()
     while time.monotonic() - started < 180:
@@ -284,10 +285,13 @@ async def soak(args: argparse.Namespace) -> int:
             for task, result in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
                 if isinstance(result, BaseException):
                     figures.errors.append(f"{task.get_name()} failed: {result!r}")
-            async with httpx.AsyncClient() as http:
-                health = (await http.get(f"http://127.0.0.1:{server.port}/health")).json()
-            if health.get("streams") != {"stt": 0, "tts": 0}:
-                figures.errors.append(f"streams still open after the soak: {health.get('streams')}")
+            try:
+                async with httpx.AsyncClient() as http:
+                    streams = (await http.get(f"http://127.0.0.1:{server.port}/health")).json().get("streams")
+            except httpx.HTTPError as e:
+                streams = f"no answer from /health ({e!r})"
+            if streams != {"stt": 0, "tts": 0}:
+                figures.errors.append(f"streams still open after the soak: {streams}")
             await asyncio.sleep(2)
             idle_mb = server.rss_mb()
         finally:

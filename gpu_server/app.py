@@ -22,6 +22,7 @@ from gpu_server.auth import REDACT_TOKENS, SlotGuard
 from gpu_server.batcher import DecodeBatcher
 from gpu_server.engines import Engines, load_engines
 from gpu_server.gate import ModelGate
+from gpu_server.memory import release_free_memory
 from gpu_server.metrics import SpeechMetrics
 from gpu_server.settings import Settings
 from gpu_server.sockets import router as socket_router
@@ -63,6 +64,40 @@ async def _load_models(state: ServerState, load: Callable[[Settings], Engines]) 
     log.info("models ready: stt=%s tts=%s", engines.stt.info(), engines.tts.info())
 
 
+# A message over this many times max_message_bytes is not even buffered: uvicorn closes the connection with 1009.
+# Between the two it is read and refused with a too_large error, and the connection goes on.
+HARD_CAP_FACTOR = 4
+# Messages uvicorn holds for a handler that is not reading (STT backpressure) before it stops reading the socket.
+WS_QUEUE = 8
+
+
+def uvicorn_ws_options(settings: Settings) -> dict[str, object]:
+    """WebSocket options of the uvicorn that serves this app: what one connection may make the server buffer is
+    bounded by ``WS_QUEUE`` messages of ``HARD_CAP_FACTOR * max_message_bytes`` (uvicorn's own defaults, 32 of
+    16 MiB, even reached through permessage-deflate from a few kB on the wire, are 512 MiB per connection)."""
+    return {
+        "ws": "websockets-sansio",
+        "ws_max_size": HARD_CAP_FACTOR * settings.max_message_bytes,
+        "ws_max_queue": WS_QUEUE,
+    }
+
+
+async def _trim_while_busy(state: ServerState) -> None:
+    """Hand the heap's free pages back every ``memory_trim_interval_s`` while streams are open. `sockets` does it
+    when the last stream closes, but one session that keeps its two streams open for half an hour never gets
+    there: its RSS crept up ~8% over 20 minutes (bench/soak.py), free pages glibc kept, all back once it closed."""
+    while True:
+        await asyncio.sleep(state.settings.memory_trim_interval_s)
+        if not any(state.streams.values()):
+            continue
+        try:
+            await asyncio.to_thread(release_free_memory)
+        except Exception:  # never worth a stream: logged, and tried again next time
+            log.exception("returning free memory failed")
+        else:
+            state.metrics.memory_trims.inc()
+
+
 def create_app(settings: Settings, load: Callable[[Settings], Engines] = load_engines) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,12 +107,14 @@ def create_app(settings: Settings, load: Callable[[Settings], Engines] = load_en
             if REDACT_TOKENS not in logging.getLogger(name).filters:
                 logging.getLogger(name).addFilter(REDACT_TOKENS)
         loader = asyncio.create_task(_load_models(state, load), name="load-models")
+        trimmer = asyncio.create_task(_trim_while_busy(state), name="memory-trim")
         try:
             yield
         finally:
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
+            for task in (loader, trimmer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if state.stt_batcher is not None:
                 await state.stt_batcher.aclose()
 

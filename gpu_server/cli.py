@@ -70,7 +70,7 @@ def _serve(settings: Settings) -> int:
 
     import uvicorn
 
-    from gpu_server.app import create_app
+    from gpu_server.app import create_app, uvicorn_ws_options
     from gpu_server.memory import limit_arenas
 
     limit_arenas(os.cpu_count() or 1)  # before uvicorn and the models start their threads
@@ -84,8 +84,8 @@ def _serve(settings: Settings) -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
         log_level=settings.log_level.lower(),
         lifespan="on",
+        **uvicorn_ws_options(settings),
     )
     return 0

@@ -8,7 +8,8 @@ and encoding workers), so one busy minute used to leave the process at its high-
 - ``limit_arenas`` (at start-up, before any worker thread): one arena per core. Threads share arenas, so
   memory one thread frees is reused by the others instead of piling up in arenas of their own.
 - ``release_free_memory``: ``malloc_trim(0)`` hands the free pages of every arena back; `sockets` calls it
-  when the last stream closes. It takes milliseconds and runs in a thread.
+  when the last stream closes, and `app` every ``memory_trim_interval_s`` while streams stay open. It takes
+  milliseconds and runs in a thread.
 """
 
 from __future__ import annotations

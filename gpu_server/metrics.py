@@ -45,5 +45,10 @@ class SpeechMetrics:
             "harper_model_load_seconds", "Time taken to load and warm up each model", ["model"], registry=r
         )
 
+        self.memory_trims = Counter(
+            "harper_memory_trims_total", "Free heap pages handed back to the system while streams were open",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

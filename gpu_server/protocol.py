@@ -193,6 +193,8 @@ def _decode(text: str | bytes, table: dict[str, type[Message]]) -> Message:
         body = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "message is not valid JSON") from e
+    except RecursionError as e:  # "[[[[..." a few kB deep, well under the size limit
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "message is nested too deeply to be a protocol message") from e
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "message must be a JSON object")
     kind = body.get("type")

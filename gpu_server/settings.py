@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # size), so a barge-in silences even a client that plays frames as they come within that much.
     tts_max_ahead_ms: int = Field(300, ge=20, le=60_000)
 
+    # While streams are open, the heap's free pages go back to the system this often (when the last stream
+    # closes they go back at once): a pod serving one long session never has all of its streams closed.
+    memory_trim_interval_s: float = Field(60.0, gt=0)
+
     # ---- streaming STT behaviour
     endpoint_ms: int = Field(500, ge=100, le=5000)
     partial_interval_ms: int = Field(400, ge=100)

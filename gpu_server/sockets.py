@@ -167,7 +167,8 @@ async def _pump(
 
 
 async def _serve(outbox: Outbox, reader: Awaitable[None], worker: asyncio.Task[None]) -> None:
-    """Runs the reader beside the stream's worker; a worker that dies takes the connection with it."""
+    """Runs the reader beside the stream's worker; a worker that dies (or finds the client gone) takes the
+    connection with it. A worker that finishes (STT after ``stop``) lets the reader finish what it is doing."""
     read = asyncio.ensure_future(reader)
     try:
         await asyncio.wait({read, worker}, return_when=asyncio.FIRST_COMPLETED)
@@ -177,6 +178,10 @@ async def _serve(outbox: Outbox, reader: Awaitable[None], worker: asyncio.Task[N
             with contextlib.suppress(ClientGone):
                 await outbox.message(protocol.Error(ErrorCode.INTERNAL, f"speech pipeline failed: {error}"))
             await outbox.close(1011, "internal error")
+            return
+        if error is not None:
+            # ClientGone: no one is left to read for, and the reader may be held back (STT backpressure) waiting
+            # for room that only this worker would make: cancel it rather than wait for it.
             return
         with contextlib.suppress(ClientGone):
             await read

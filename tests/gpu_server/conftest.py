@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 
 from gpu_server import client
-from gpu_server.app import create_app
+from gpu_server.app import create_app, uvicorn_ws_options
 from gpu_server.audio import resample
 from gpu_server.auth import issue_token
 from gpu_server.engines import Engines, load_engines
@@ -80,7 +80,7 @@ def serve(settings: Settings, load: Callable[[Settings], Engines]) -> Iterator[R
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
-        create_app(settings, load=load), ws="websockets-sansio", log_level="warning", lifespan="on"
+        create_app(settings, load=load), log_level="warning", lifespan="on", **uvicorn_ws_options(settings)
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)

@@ -1,6 +1,7 @@
 """protocol.py is pure: every message survives encode -> parse unchanged, bad input becomes ProtocolError."""
 
 import json
+import struct
 
 import pytest
 from hypothesis import given
@@ -126,3 +127,76 @@ def test_short_frame_is_bad_audio():
     with pytest.raises(ProtocolError) as caught:
         protocol.unpack_frame(b"\x00" * 12)
     assert caught.value.code == ErrorCode.BAD_AUDIO
+
+
+# ---- whatever a peer sends, the parsers answer a message or a ProtocolError, never another exception
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+# Every client field set to a value of every JSON type, beside the right message types: wrong types per field.
+client_fields = ["type", "sample_rate", "encoding", "language", "endpoint_ms", "id", "text", "voice_id"]
+client_objects = st.dictionaries(
+    st.sampled_from(client_fields) | st.text(max_size=8),
+    json_values | st.sampled_from(["start", "stop", "speak", "cancel", "opus", "pcm_s16le", "en", ""]),
+    max_size=6,
+)
+server_objects = st.dictionaries(
+    st.sampled_from(["type", "text", "start", "end", "words", "code", "message", "id", "sample_rate", "frames",
+                     "audio_ms", "first_audio_ms", "cancelled", "t", "end_of_turn"]),
+    json_values | st.sampled_from(["ready", "partial", "final", "error", "done", "start", "speech_started"]),
+    max_size=8,
+)
+PARSERS = [protocol.parse_stt_client, protocol.parse_tts_client, protocol.parse_stt_server, protocol.parse_tts_server]
+
+
+def parses_or_refuses(raw: str | bytes) -> None:
+    for parse in PARSERS:
+        try:
+            message = parse(raw)
+        except ProtocolError as e:
+            assert e.code in set(ErrorCode) and e.message
+        else:
+            assert isinstance(message, protocol.Message)
+
+
+@given(st.text() | st.binary())
+def test_parsers_refuse_arbitrary_text_and_bytes_with_protocol_errors_only(raw):
+    parses_or_refuses(raw)
+
+
+@given(json_values | client_objects | server_objects)
+def test_parsers_refuse_any_json_value_and_wrongly_typed_fields_with_protocol_errors_only(value):
+    parses_or_refuses(json.dumps(value))
+
+
+@pytest.mark.parametrize("raw", ["[" * 100_000, '{"a":' * 50_000, '{"type": "speak", "id": ' + "[" * 100_000])
+def test_deeply_nested_json_is_a_bad_message_not_a_recursion_error(raw):
+    """Found by the WebSocket fuzzer: 100 kB of '[' (well under the message size limit) made json.loads raise
+    RecursionError, which no handler caught: the connection died with 1011 and a traceback in the log."""
+    for parse in PARSERS:
+        with pytest.raises(ProtocolError) as caught:
+            parse(raw)
+        assert caught.value.code == ErrorCode.BAD_MESSAGE
+
+
+@given(st.binary(max_size=64))
+def test_unpack_frame_round_trips_or_refuses_cleanly(data):
+    try:
+        seq, timestamp_us, packet = protocol.unpack_frame(data)
+    except ProtocolError as e:
+        assert e.code == ErrorCode.BAD_AUDIO and len(data) <= protocol.FRAME_HEADER.size
+    else:
+        assert packet and protocol.pack_frame(seq, timestamp_us, packet) == data
+
+
+@given(st.integers(), st.integers(), st.binary(max_size=16))
+def test_pack_frame_takes_only_what_the_header_can_carry(seq, timestamp_us, packet):
+    try:
+        data = protocol.pack_frame(seq, timestamp_us, packet)
+    except struct.error:
+        assert not (0 <= seq < 2**32 and 0 <= timestamp_us < 2**64)
+    else:
+        assert protocol.unpack_frame(data) == (seq, timestamp_us, packet) if packet else len(data) == 12

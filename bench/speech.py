@@ -19,6 +19,7 @@ controller's demo and a companion server do. Every figure of the table at the en
 5. STT, N concurrent streams (N=1, 2, 4, 6, 8) of the ~10 s utterance: final p50 after the end of speech and
    after the endpoint, and the cores the server used meanwhile.
 6. WER: streaming (everything above) against faster-whisper's own offline transcribe of the same audio.
+   Spanish: espeak-ng sentences with language "es" on the multilingual Whisper base (bench/spanish.py).
 7. Server RSS: idle after start-up, right after the load, and after a few seconds idle (and the high-water mark).
 
 Usage: .venv/bin/python bench/speech.py [--rounds 3] [--quick]
@@ -30,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -444,6 +446,26 @@ def offline_transcripts(clips: list[Clip]) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------- Spanish
+
+
+async def spanish_wer_line() -> str:
+    """The Spanish STT line of the table (bench/spanish.py's server and sentences), or why it is missing."""
+    import spanish
+
+    if shutil.which("espeak-ng") is None:
+        return "STT WER Spanish                      not measured: espeak-ng is not installed (apt-get install it)"
+    process, port = spanish._serve()
+    try:
+        token = issue_token(spanish.SECRET, "bench", "local", time.time() + 3600)
+        wer, _ = await spanish.spanish_wer(f"ws://127.0.0.1:{port}/ws/stt", token)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return (f"STT WER Spanish                      {wer * 100:.1f}% ({len(spanish.SENTENCES)} espeak-ng sentences, "
+            "Whisper base; a robotic voice: a floor, not a figure for people)")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -508,6 +530,9 @@ async def main(args: argparse.Namespace) -> None:
             say(f"  streaming lost words in {clip.speech_s:.0f} s of speech:\n    heard   {streamed!r}\n"
                 f"    offline {off!r}")
 
+    say("== Spanish: espeak-ng sentences into /ws/stt with language es, on the multilingual Whisper base")
+    spanish_line = await spanish_wer_line()
+
     def turns(name: str, key: str) -> list[float]:
         return [getattr(t, key) for t in lengths[name]]
 
@@ -539,6 +564,7 @@ async def main(args: argparse.Namespace) -> None:
                           f"{cores:.1f}" for n, got, cores in conc) + "   target N=4 <= 700 ms after endpoint")
     say(f"STT WER streaming {wer_stream * 100:.1f}% vs offline {wer_offline * 100:.1f}% "
         f"({100 * (wer_stream - wer_offline):+.1f} points, {len(refs)} clips)   target within 1 point")
+    say(spanish_line)
     say(f"server RSS                           idle {rss_idle:.0f} MB, after the load {rss_load:.0f} MB, "
         f"5 s later {rss_after:.0f} MB, high-water {hwm:.0f} MB")
     load = os.getloadavg()

@@ -210,21 +210,13 @@ class RecordingWhisper:
         return self._engine.transcribe_batch(requests)
 
 
-async def test_a_short_turn_with_a_pause_inside_is_decoded_as_one_phrase(engines):
-    """The demo's sentence: ~2.3 s, a comma pause, ~2.2 s. Committing the first half at the pause left the
-    second half to be decoded alone, without the words before it: over five syntheses of it, tiny.en made 10
-    word errors that way against 5 decoding it whole (offline: 1), e.g. "a well deserved nap" heard as "a while
-    to serve that". A stretch shorter than MIN_COMMIT_S stays in the tail, so the end-of-turn decode covers it."""
-    text = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
-    whisper = RecordingWhisper(engines.stt)
+async def finals_in_real_time(engines, whisper, audio: np.ndarray) -> list[protocol.Final]:
+    """``audio`` (16 kHz PCM16) into an in-process SttStream at real-time pace; the finals with text."""
     sent: list[protocol.Message] = []
 
     async def emit(message):
         sent.append(message)
 
-    speech = np.concatenate(list(engines.tts.synthesize(text, None, 30.0)))
-    pcm = (np.clip(resample(speech, engines.tts.sample_rate, 16000), -1, 1) * 32767).astype(np.int16)
-    audio = np.concatenate([silence(0.5), pcm, silence(1.2)])
     async with DecodeBatcher(whisper) as batcher:
         stream = SttStream(
             transcriber=whisper, vad=engines.vad, batcher=batcher, settings=make_settings(),
@@ -237,7 +229,20 @@ async def test_a_short_turn_with_a_pause_inside_is_decoded_as_one_phrase(engines
             await stream.audio(chunk)
         await stream.stop()
         await worker
-    finals = [m for m in sent if isinstance(m, protocol.Final) and m.text]
+    return [m for m in sent if isinstance(m, protocol.Final) and m.text]
+
+
+async def test_a_short_turn_with_a_pause_inside_is_decoded_as_one_phrase(engines):
+    """The demo's sentence: ~2.3 s, a comma pause, ~2.2 s. Committing the first half at the pause left the
+    second half to be decoded alone, without the words before it: over five syntheses of it, tiny.en made 10
+    word errors that way against 5 decoding it whole (offline: 1), e.g. "a well deserved nap" heard as "a while
+    to serve that". A stretch shorter than MIN_COMMIT_S stays in the tail, so the end-of-turn decode covers it."""
+    text = "The quick brown fox jumps over the lazy dog, and then it takes a well deserved nap."
+    whisper = RecordingWhisper(engines.stt)
+    speech = np.concatenate(list(engines.tts.synthesize(text, None, 30.0)))
+    pcm = (np.clip(resample(speech, engines.tts.sample_rate, 16000), -1, 1) * 32767).astype(np.int16)
+    audio = np.concatenate([silence(0.5), pcm, silence(1.2)])
+    finals = await finals_in_real_time(engines, whisper, audio)
     assert len(finals) == 1 and finals[0].end_of_turn
     turn_s = finals[0].end - finals[0].start
     assert len(whisper.final_decodes_s) >= 2, whisper.final_decodes_s  # it was decoded at the pause too
@@ -249,25 +254,8 @@ async def test_the_end_of_turn_decodes_only_the_tail_after_the_last_pause(engine
     """A ~10 s turn with breaths between sentences: its text is committed pause by pause while it is
     spoken, so no decode ever covers the whole turn (that one grew with the turn's length)."""
     whisper = RecordingWhisper(engines.stt)
-    sent: list[protocol.Message] = []
-
-    async def emit(message):
-        sent.append(message)
-
     audio, _ = joined([trimmed(pcm) for pcm in spoken.pcm16k[:3]])
-    async with DecodeBatcher(whisper) as batcher:
-        stream = SttStream(
-            transcriber=whisper, vad=engines.vad, batcher=batcher, settings=make_settings(),
-            metrics=SpeechMetrics(), emit=emit,
-        )
-        worker = stream.run_worker()
-        started = asyncio.get_running_loop().time()
-        for i, chunk in enumerate(client.chunk_pcm(audio, 16000)):
-            await asyncio.sleep(max(0.0, started + i * 0.02 - asyncio.get_running_loop().time()))
-            await stream.audio(chunk)
-        await stream.stop()
-        await worker
-    finals = [m for m in sent if isinstance(m, protocol.Final) and m.text]
+    finals = await finals_in_real_time(engines, whisper, audio)
     assert len(finals) == 1 and finals[0].end_of_turn
     assert word_error_rate([" ".join(SENTENCES[:3])], [finals[0].text]) < 0.15, finals[0].text
     turn_s = finals[0].end - finals[0].start

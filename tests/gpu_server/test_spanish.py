@@ -6,7 +6,6 @@ and the control (the same audio decoded as English) shows the language setting i
 """
 
 import asyncio
-import os
 
 import pytest
 
@@ -15,6 +14,7 @@ from gpu_server.engines import Engines
 from gpu_server.engines.whisper import WhisperTranscriber
 from gpu_server.transcript import word_error_rate
 
+from ..requirements import missing
 from .conftest import make_settings, serve, token
 
 spanish = pytest.importorskip("bench.spanish", reason="bench/ is not importable from here")
@@ -25,9 +25,7 @@ def spoken_spanish():
     try:
         return [spanish.padded(*spanish.espeak(s)) for s in spanish.SENTENCES[:4]], spanish.espeak("x")[1]
     except spanish.NoEspeak as e:
-        if os.environ.get("CI") == "true":  # CI cannot pass by skipping
-            pytest.fail(f"{e}: the Spanish test needs it to speak (CI=true: required)", pytrace=False)
-        pytest.skip(f"{e}: the Spanish test needs it to speak")
+        missing(f"{e}: the Spanish test needs it to speak")
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-import pytest
-
 from runpod_emulator.runner import allocate_port
+
+from ..requirements import missing
 
 USER = "harper"
 PR_SET_PDEATHSIG = 1
@@ -53,9 +53,7 @@ def require_bin_dir(env: Mapping[str, str]) -> Path:
     so that CI cannot pass by skipping."""
     bin_dir = find_bin_dir(env)
     if bin_dir is None:
-        if env.get("CI") == "true":
-            pytest.fail(MISSING + " (CI=true: required)", pytrace=False)
-        pytest.skip(MISSING)
+        missing(MISSING, env)
     return bin_dir
 
 

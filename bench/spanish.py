@@ -16,19 +16,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import wave
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_server import client
-from gpu_server.auth import issue_token
 from gpu_server.transcript import word_error_rate
-from runpod_emulator.runner import allocate_port
 
 SENTENCES = [
     "Mañana por la mañana quiero ir al mercado a comprar fruta.",
@@ -40,7 +36,8 @@ SENTENCES = [
 ]
 ESPEAK_VOICE = "es-419"  # Latin American Spanish: Whisper base hears it best of espeak-ng's two
 LEAD_S, TRAIL_S = 0.5, 1.0
-SECRET = "bench-secret"
+# The multilingual Whisper (English-only tiny.en is the CPU default); GPU_SERVER_STT_MODEL picks another.
+SERVER_SETTINGS = {"GPU_SERVER_STT_MODEL": os.environ.get("GPU_SERVER_STT_MODEL", "base")}
 
 
 class NoEspeak(RuntimeError):
@@ -83,34 +80,15 @@ async def spanish_wer(url: str, token: str) -> tuple[float, list[str]]:
     return word_error_rate(SENTENCES, texts), texts
 
 
-def _serve() -> tuple[subprocess.Popen, int]:
-    port = allocate_port("127.0.0.1")
-    env = {**os.environ, "GPU_SERVER_SECRET": SECRET, "GPU_SERVER_HOST": "127.0.0.1",
-           "GPU_SERVER_LOG_LEVEL": "warning", "GPU_SERVER_STT_MODEL": os.environ.get("GPU_SERVER_STT_MODEL", "base")}
-    process = subprocess.Popen([sys.executable, "-m", "gpu_server", "serve", "--port", str(port)], env=env,
-                               cwd=Path(__file__).resolve().parents[1])
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("gpu_server exited during start-up")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process, port
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.terminate()
-    raise SystemExit("gpu_server did not become healthy in 180 s")
-
-
 async def main() -> None:
-    process, port = _serve()
+    import speech  # the server bench/speech.py starts, on the multilingual model
+
+    server = speech.start_server(SERVER_SETTINGS)
     try:
-        token = issue_token(SECRET, "bench", "local", time.time() + 3600)
-        wer, texts = await spanish_wer(f"ws://127.0.0.1:{port}/ws/stt", token)
+        wer, texts = await spanish_wer(server.ws("/ws/stt"), speech.token())
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.process.terminate()
+        server.process.wait(timeout=30)
     for said, heard in zip(SENTENCES, texts, strict=True):
         print(f"  said:  {said}\n  heard: {heard}")
     print(f"Spanish STT WER (espeak-ng voice, {len(SENTENCES)} sentences)   {wer * 100:.1f}%")

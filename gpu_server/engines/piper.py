@@ -19,7 +19,9 @@ from gpu_server.settings import Settings
 
 
 class PiperSynthesizer:
-    def __init__(self, voice: Any, name: str) -> None:
+    def __init__(
+        self, voice: Any, name: str, *, noise_scale: float | None = None, noise_w_scale: float | None = None
+    ) -> None:
         from piper import SynthesisConfig
 
         self._voice = voice
@@ -29,7 +31,10 @@ class PiperSynthesizer:
         self._language = str(getattr(voice.config, "espeak_voice", "en") or "en").split("-")[0].lower()
         # Piper scales each chunk to full scale by default; with clause-sized chunks that makes loudness
         # jump between clauses, so keep the model's own level (peaks ~0.4-0.6) with a fixed gain instead.
-        self._config = SynthesisConfig(normalize_audio=False, volume=1.6)
+        # None leaves the voice's own noise (VITS samples it per call, so every synthesis differs a little).
+        self._config = SynthesisConfig(
+            normalize_audio=False, volume=1.6, noise_scale=noise_scale, noise_w_scale=noise_w_scale
+        )
 
     @classmethod
     def load(cls, settings: Settings) -> PiperSynthesizer:
@@ -56,7 +61,12 @@ class PiperSynthesizer:
             voice = PiperVoice(session=session, config=config)
         except Exception as e:
             raise EngineError(f"cannot load Piper voice {model_path}: {e}") from e
-        engine = cls(voice, Path(model_path).stem)
+        engine = cls(
+            voice,
+            Path(model_path).stem,
+            noise_scale=settings.piper_noise_scale,
+            noise_w_scale=settings.piper_noise_w_scale,
+        )
         for _ in engine.synthesize("Hello.", None, 5.0):  # first ONNX run allocates; do it before users come
             pass
         return engine
@@ -69,6 +79,9 @@ class PiperSynthesizer:
 
     def supports_language(self, language: str) -> bool:
         return language.lower() == self._language
+
+    def voice_ready(self, voice_id: str | None, language: str = "en") -> bool:
+        return True  # one voice, always loaded; any voice_id speaks with it
 
     def prepare_voice(self, voice_id: str | None, language: str = "en") -> None:
         return None

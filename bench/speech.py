@@ -485,10 +485,12 @@ async def main(args: argparse.Namespace) -> None:
             f"p50 {pct(after, 50):.0f} max {max(after)}")
         tts_conc = {}
         for n in (4, 8):
-            first, stalls = await bench_tts_concurrent(server, n, args.rounds)
+            first, stalls = await bench_tts_concurrent(server, n, args.tts_rounds or args.rounds)
             tts_conc[n] = (first, stalls)
             say(f"  N={n}: first audio p50 {ms(first)} p95 {ms(first, 95)}; streams that stalled "
                 f"{sum(s > 0 for s in stalls)}/{len(stalls)}, longest stall {ms(stalls, 100)}")
+        if args.tts_only:
+            return
 
         say("== STT material: Piper sentences through /ws/tts (Opus), silences trimmed")
         spoken = [trimmed(pcm) for pcm in await speak_corpus(server, SENTENCES)]
@@ -578,5 +580,7 @@ if __name__ == "__main__":
     parser.add_argument("--short", type=int, default=8, help="single-sentence utterances")
     parser.add_argument("--tts-replies", type=int, default=16, help="one-sentence replies to time")
     parser.add_argument("--cancels", type=int, default=20, help="cancel trials")
+    parser.add_argument("--tts-rounds", type=int, default=0, help="rounds of the concurrent TTS test (0: --rounds)")
+    parser.add_argument("--tts-only", action="store_true", help="only the TTS part (sections 1 and 2)")
     parser.add_argument("--max-n", type=int, default=5, help="how many of N=1,2,4,6,8 concurrent STT streams")
     asyncio.run(main(parser.parse_args()))

@@ -49,6 +49,11 @@ STREAM_RATES = (16000, 24000)  # the rates the protocol sends (GPU_SERVER_TTS_SA
 # connections' chunks ahead of ours in the gate, little enough to leave the model free for new replies.
 SYNTH_AHEAD_S = 1.5
 FRAME_S = protocol.FRAME_MS / 1000
+# Rough synthesis time per character of text (Piper-medium on one core: ~0.1 s per second of speech, ~15
+# characters per second): only orders the pieces of listeners that already wait (see ``_priority``).
+SYNTH_S_PER_CHAR = 0.007
+# While the listener waits, a chunk's first this-much is encoded and handed to the sender before the rest.
+ENCODE_FIRST_S = 0.1
 
 EmitText = Callable[[protocol.Message], Awaitable[None]]
 EmitBytes = Callable[[bytes], Awaitable[None]]
@@ -140,6 +145,16 @@ class TtsSession:
         now = self._clock()
         return now + self._pacer.buffered(now) + len(utterance.frames) * FRAME_S
 
+    def _priority(self, utterance: _Utterance, piece: str) -> float:
+        """The gate serves the lowest first. A listener that still has audio: the latest time this piece can
+        start and be ready before it runs dry (deadline minus the piece's expected synthesis time, least
+        slack first), so a long piece starts early enough. A listener with nothing to play (a new reply, or
+        one that ran dry) is late already: the piece that would be done first goes first, so short first
+        pieces overtake long ones and the median first audio drops when many replies start at once."""
+        deadline, now = self._deadline(utterance), self._clock()
+        cost = len(piece) * SYNTH_S_PER_CHAR
+        return deadline - cost if deadline > now else now + cost
+
     async def _until_needed(self, utterance: _Utterance) -> None:
         """Wait while the listener holds more than SYNTH_AHEAD_S (or until a cancel)."""
         while not utterance.cancelled:
@@ -169,7 +184,7 @@ class TtsSession:
                     await self._until_needed(utterance)
                     if utterance.cancelled:
                         break
-                    chunk = await self._gate.run(next, chunks, None, priority=self._deadline(utterance))
+                    chunk = await self._gate.run(next, chunks, None, priority=self._priority(utterance, piece))
                     if chunk is None:
                         break
                     budget_s -= len(chunk) / rate
@@ -203,8 +218,11 @@ class TtsSession:
             async with contextlib.aclosing(self._audio(utterance)) as audio:
                 async for chunk in audio:
                     # ~15 ms per second of audio: off the event loop, which paces every connection's frames.
-                    utterance.frames.extend(await asyncio.to_thread(encode, chunk))
-                    utterance.wake.set()
+                    # When the sender has nothing left, its next frames go out before the rest is encoded.
+                    head = int(ENCODE_FIRST_S * self._tts.sample_rate) if not utterance.frames else 0
+                    for part in (chunk[:head], chunk[head:]) if 0 < head < len(chunk) else (chunk,):
+                        utterance.frames.extend(await asyncio.to_thread(encode, part))
+                        utterance.wake.set()
             if not utterance.cancelled:
                 utterance.frames.extend(encode(None))
         finally:
@@ -218,7 +236,9 @@ class TtsSession:
             return
         started = self._clock()
         try:
-            await self._gate.run(self._tts.prepare_voice, request.voice_id, _language(request), priority=started)
+            # A voice that is ready (always, for Piper) does not queue for the model behind other replies.
+            if not self._tts.voice_ready(request.voice_id, _language(request)):
+                await self._gate.run(self._tts.prepare_voice, request.voice_id, _language(request), priority=started)
         except EngineError as e:
             await self._emit(protocol.Error(ErrorCode.BAD_MESSAGE, str(e)))
             await self._emit(protocol.TtsDone(request.id, 0, 0.0, None, cancelled=True))

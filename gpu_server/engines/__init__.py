@@ -64,6 +64,10 @@ class Synthesizer(Protocol):
 
     def supports_language(self, language: str) -> bool: ...
 
+    def voice_ready(self, voice_id: str | None, language: str = "en") -> bool:
+        """Whether ``prepare_voice`` has nothing to do (cheap; no model call): then callers skip it."""
+        ...
+
     def prepare_voice(self, voice_id: str | None, language: str = "en") -> None:
         """Make ``voice_id`` ready (cached) for ``language``; raise EngineError for an unknown voice."""
         ...

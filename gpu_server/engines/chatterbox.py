@@ -163,6 +163,10 @@ class ChatterboxSynthesizer:
 
     # ---- voices
 
+    def voice_ready(self, voice_id: str | None, language: str = "en") -> bool:
+        # False for a language not served: prepare_voice then says so.
+        return self.supports_language(language) and (self._kind(language), voice_id) in self._voices
+
     def prepare_voice(self, voice_id: str | None, language: str = "en") -> None:
         self._conditionals(self._kind(language), voice_id)
 

@@ -121,6 +121,9 @@ class WrappedPiper:
     def supports_language(self, language) -> bool:
         return self._engine.supports_language(language)
 
+    def voice_ready(self, voice_id, language="en") -> bool:
+        return True
+
     def prepare_voice(self, voice_id, language="en") -> None:
         return None
 
@@ -263,3 +266,86 @@ def test_the_stream_rate_is_chatterbox_own_24000_and_the_setting_for_piper(engin
     assert session(Native24k(), 16000).sample_rate == 24000
     assert engines.tts.sample_rate == 22050  # Piper
     assert session(engines.tts, 16000).sample_rate == 16000 and session(engines.tts, 24000).sample_rate == 24000
+
+
+@pytest.mark.parametrize("noise", [None, 0.0])
+def test_piper_noise_at_zero_makes_the_same_text_the_same_audio(noise):
+    """Tests and benches compare transcripts of synthesized speech: with Piper's noise at 0 (what
+    tests/conftest.py sets) one text is one waveform, so a word error found once is found every time."""
+    from gpu_server.engines.piper import PiperSynthesizer
+
+    # None: the voice's own noise (0.667 / 0.8), stated here because the test session's environment sets 0.
+    scale, w_scale = (0.667, 0.8) if noise is None else (noise, noise)
+    piper = PiperSynthesizer.load(make_settings(piper_noise_scale=scale, piper_noise_w_scale=w_scale))
+    text = "Seven in the evening would be perfect."
+    renders = [np.concatenate(list(piper.synthesize(text, None, 10))) for _ in range(3)]
+    same = [len(r) == len(renders[0]) and np.array_equal(r, renders[0]) for r in renders[1:]]
+    assert same == ([True, True] if noise == 0.0 else [False, False])
+
+
+class Recording(WrappedPiper):
+    """The real Piper voice, whole texts as one piece (as for Chatterbox), recording the order in which the
+    model is asked for each text's first chunk."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.short_first_piece = False
+        self.order: list[str] = []
+
+    def synthesize(self, text, voice_id, max_audio_s, language="en"):
+        self.order.append(text)
+        yield from self._engine.synthesize(text, voice_id, max_audio_s, language)
+
+
+async def replies_while_the_model_is_busy(engines: Engines, texts: list[str]) -> tuple[Recording, list[list]]:
+    """Each text spoken on its own connection, all asked while the only model slot is held; the slot is
+    freed once every reply has queued. Returns the engine (its ``order``) and each connection's messages
+    seen while the slot was held."""
+    piper, gate = Recording(engines.tts), ModelGate(1)
+    hold = threading.Event()
+    blocker = asyncio.create_task(gate.run(hold.wait, 30))
+    await asyncio.sleep(0.05)
+    seen: list[list] = [[] for _ in texts]
+    finished = [asyncio.Event() for _ in texts]
+    workers = []
+    for i, text in enumerate(texts):
+
+        async def emit(message: protocol.Message, i: int = i) -> None:
+            seen[i].append(message)
+            if isinstance(message, protocol.TtsDone):
+                finished[i].set()
+
+        async def emit_frame(data: bytes) -> None:
+            return None
+
+        session = TtsSession(
+            synthesizer=piper, gate=gate, settings=make_settings(), metrics=SpeechMetrics(), emit=emit,
+            emit_frame=emit_frame,
+        )
+        workers.append(session.run_worker())
+        await session.speak(protocol.Speak(f"r{i}", text))
+        await asyncio.sleep(0.05)  # each one asks the model in the order given
+    async with asyncio.timeout(10):
+        while gate.waiting < len(texts):  # noqa: ASYNC110 (the gate has no event to wait on)
+            await asyncio.sleep(0.01)
+    held = [list(messages) for messages in seen]
+    hold.set()
+    await blocker
+    await asyncio.wait_for(asyncio.gather(*(f.wait() for f in finished)), 60)
+    for worker in workers:
+        worker.cancel()
+    return piper, held
+
+
+async def test_among_new_replies_the_shortest_first_piece_is_synthesized_first(engines: Engines):
+    """Many replies starting at once: in arrival order the short one would wait for the long one; shortest
+    first lowers the median first audio."""
+    long = "The meeting has been moved to Thursday afternoon because the manager is away."
+    piper, _ = await replies_while_the_model_is_busy(engines, [long, "Okay."])
+    assert piper.order == ["Okay.", long]
+
+
+async def test_a_reply_starts_without_queueing_for_the_model_when_its_voice_is_ready(engines: Engines):
+    """Piper's voice is always ready: ``start`` comes while the model is busy, not after a turn at it."""
+    _, held = await replies_while_the_model_is_busy(engines, ["Okay."])
+    assert held == [[protocol.TtsStart("r0", sample_rate=24000)]]

@@ -19,6 +19,8 @@ controller's demo and a companion server do. Every figure of the table at the en
 5. STT, N concurrent streams (N=1, 2, 4, 6, 8) of the ~10 s utterance: final p50 after the end of speech and
    after the endpoint, and the cores the server used meanwhile.
 6. WER: streaming (everything above) against faster-whisper's own offline transcribe of the same audio.
+   The server speaks with Piper's noise at 0 (GPU_SERVER_PIPER_NOISE_*), so the STT material is the same
+   audio in every run and two runs' WER differ only by what streaming does.
    Spanish: espeak-ng sentences with language "es" on the multilingual Whisper base (bench/spanish.py).
 7. Server RSS: idle after start-up, right after the load, and after a few seconds idle (and the high-water mark).
 
@@ -473,7 +475,7 @@ async def spanish_wer_line() -> str:
 async def main(args: argparse.Namespace) -> None:
     load = os.getloadavg()
     say(f"== speech bench on {os.cpu_count()} CPU cores; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    server = start_server()
+    server = start_server({"GPU_SERVER_PIPER_NOISE_SCALE": "0", "GPU_SERVER_PIPER_NOISE_W_SCALE": "0"})
     rss_idle = server.status("VmRSS")
     try:
         say("== TTS, one stream")

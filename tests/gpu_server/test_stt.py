@@ -151,7 +151,7 @@ async def test_bad_input_gets_errors_while_other_streams_keep_working(server, sp
         assert isinstance(error, protocol.Error) and error.code == "bad_audio"
 
     result = await good
-    # Piper samples its prosody, so one rendering may cost tiny.en a word; the point here is "still works".
+    # A word of slack for tiny.en: the point here is "still works", not accuracy.
     assert word_error_rate([SENTENCES[2]], [result.text]) <= 0.25, result.text
 
 

@@ -387,7 +387,7 @@ async def good_pair(pod: Pod, sentence: str) -> None:
     pcm = np.clip(resample(speech.pcm.astype(np.float32) / 32768, speech.sample_rate, 16000), -1, 1)
     heard = await client.transcribe(pod.url("/ws/stt"), None, (pcm * 32767).astype(np.int16), 16000, realtime=False)
     assert heard.close_code == 1000 and not heard.errors, heard.errors
-    # Piper samples its prosody, so one rendering may cost tiny.en a word; the point is "still served".
+    # A word of slack for tiny.en: the point is "still served", not accuracy.
     assert word_error_rate([sentence], [heard.text]) <= 0.25, heard.text
 
 

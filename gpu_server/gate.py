@@ -6,6 +6,10 @@ arrival: a class (an STT final, a user waiting for the answer, overtakes queued 
 (TTS asks with the time its listener would run out of audio, so the model serves the nearest gap first).
 A slot is held until the thread really finishes, even when the awaiting task is cancelled, so the cap holds
 under barge-in and disconnects.
+
+The gate also learns how long its calls take per unit of work (a call says how much it has, e.g. TTS: the
+characters of its piece), as a moving average of what they took with the model shared as it is now, so a
+caller can set its priority from the expected time of its call (``expected_s``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,22 +36,36 @@ class ModelGate:
         self._free = capacity
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._per_unit: float | None = None  # seconds per unit of work, moving average
+
+    def expected_s(self, work: float, default_per_unit: float) -> float:
+        """How long a call with ``work`` units is expected to take (``default_per_unit`` until one is seen)."""
+        return work * (default_per_unit if self._per_unit is None else self._per_unit)
 
     @property
     def waiting(self) -> int:
         return sum(1 for *_, fut in self._waiters if not fut.done())
 
-    async def run(self, fn: Callable[..., T], *args: Any, priority: float = NORMAL) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, priority: float = NORMAL, work: float = 0.0) -> T:
+        """``fn(*args)`` in a worker thread once a slot is free; ``work`` > 0: learn its time per unit."""
         await self._acquire(priority)
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
-            work = loop.run_in_executor(None, fn, *args)
+            call = loop.run_in_executor(None, fn, *args)
         except BaseException:
             self._release()
             raise
-        work.add_done_callback(lambda _: self._release())
+
+        def finished(call: asyncio.Future[T]) -> None:
+            self._release()
+            if work > 0 and not call.cancelled() and call.exception() is None:
+                took = (time.monotonic() - started) / work
+                self._per_unit = took if self._per_unit is None else self._per_unit + 0.2 * (took - self._per_unit)
+
+        call.add_done_callback(finished)
         # The shield keeps the thread's future (and so the slot) alive if this task is cancelled.
-        return await asyncio.shield(work)
+        return await asyncio.shield(call)
 
     async def _acquire(self, priority: float) -> None:
         if self._free > 0 and not self.waiting:

@@ -6,7 +6,12 @@ words: the first clause of the first sentence when it is short ("Sure," / "Okay,
 phrase boundary three or four words in: before a preposition, conjunction, auxiliary or determiner
 ("The kitchen lights | are now turned off."), which is where a speaker could breathe. The rest goes
 sentence by sentence, which keeps prosody natural; very long sentences are cut at clause punctuation so
-no single piece runs for long. Pure.
+no single piece runs for long.
+
+Under load (`tts.TtsSession` asks when the model has others waiting), the piece after the first can be cut
+the same way a few more words in (`lead_phrase`): a listener whose first piece lasts half a second needs its
+next audio within that half second, and a whole sentence takes longer than that to synthesize while other
+replies share the cores. Pure.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ _BREAK_BEFORE = frozenset(
     might must do does did has have had a an the this these those my your our their his her its some""".split()
 )
 FIRST_PIECE_MAX_WORDS = 4
+NEXT_PIECE_MAX_WORDS = 6  # a piece cut by `lead_phrase` under load
 MAX_PIECE_CHARS = 300
 
 
@@ -33,8 +39,14 @@ def split_for_speech(text: str, *, short_first: bool = True) -> list[str]:
     for sentence in sentences:
         pieces.extend(_bounded(sentence))
     if pieces and short_first:
-        pieces[:1] = _first_piece(pieces[0])
+        pieces[:1] = _lead(pieces[0], FIRST_PIECE_MAX_WORDS, (3, 4, 2))
     return pieces
+
+
+def lead_phrase(piece: str) -> list[str]:
+    """``piece`` as (its first phrase of up to NEXT_PIECE_MAX_WORDS words, the rest), cut where a speaker
+    could breathe, or ``[piece]`` when there is no such place or it is short already."""
+    return _lead(piece, NEXT_PIECE_MAX_WORDS, (4, 5, 3, 6))
 
 
 def _bounded(sentence: str) -> list[str]:
@@ -60,17 +72,19 @@ def _hard_wrap(clause: str) -> list[str]:
     return [*out, line] if line else out
 
 
-def _first_piece(sentence: str) -> list[str]:
+def _lead(sentence: str, max_words: int, breaks: tuple[int, ...]) -> list[str]:
+    """The sentence's first clause if it has at most ``max_words``, else a cut before a phrase-starting
+    word at one of the ``breaks`` (word counts, best first), else a clause a little longer, else whole."""
     words = sentence.split()
-    if len(words) <= FIRST_PIECE_MAX_WORDS + 1:
+    if len(words) <= max_words + 1:
         return [sentence]
     clauses = _CLAUSE_END.split(sentence, maxsplit=1)
     clause_words = len(clauses[0].split()) if len(clauses) == 2 else len(words)
-    if clause_words <= FIRST_PIECE_MAX_WORDS:
+    if clause_words <= max_words:
         return clauses
-    for i in (3, 4, 2):  # three or four words read best; two is still better than a long wait
+    for i in breaks:  # for a first piece: three or four words read best; two beats a long wait
         if i <= len(words) - 3 and words[i].lower().strip("\"'(") in _BREAK_BEFORE:
             return [" ".join(words[:i]), " ".join(words[i:])]
-    if clause_words <= FIRST_PIECE_MAX_WORDS + 2:
+    if clause_words <= max_words + 2:
         return clauses
     return [sentence]

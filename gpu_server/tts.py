@@ -38,7 +38,7 @@ from gpu_server.metrics import SpeechMetrics
 from gpu_server.opus import OpusPacketizer
 from gpu_server.pacing import Pacer
 from gpu_server.protocol import ErrorCode, ProtocolError
-from gpu_server.sentences import split_for_speech
+from gpu_server.sentences import lead_phrase, split_for_speech
 from gpu_server.settings import Settings
 
 _PAUSE_PUNCTUATION = (".", ",", "!", "?", ";", ":", "\u2026", "\u2014", "\u2013", '"', "'", ")")
@@ -49,8 +49,8 @@ STREAM_RATES = (16000, 24000)  # the rates the protocol sends (GPU_SERVER_TTS_SA
 # connections' chunks ahead of ours in the gate, little enough to leave the model free for new replies.
 SYNTH_AHEAD_S = 1.5
 FRAME_S = protocol.FRAME_MS / 1000
-# Rough synthesis time per character of text (Piper-medium on one core: ~0.1 s per second of speech, ~15
-# characters per second): only orders the pieces of listeners that already wait (see ``_priority``).
+# Synthesis time per character of text until the gate has measured it (Piper-medium on one core: ~0.1 s
+# per second of speech, ~15 characters per second); see ``_priority``.
 SYNTH_S_PER_CHAR = 0.007
 # While the listener waits, a chunk's first this-much is encoded and handed to the sender before the rest.
 ENCODE_FIRST_S = 0.1
@@ -152,7 +152,7 @@ class TtsSession:
         one that ran dry) is late already: the piece that would be done first goes first, so short first
         pieces overtake long ones and the median first audio drops when many replies start at once."""
         deadline, now = self._deadline(utterance), self._clock()
-        cost = len(piece) * SYNTH_S_PER_CHAR
+        cost = self._gate.expected_s(len(piece), SYNTH_S_PER_CHAR)
         return deadline - cost if deadline > now else now + cost
 
     async def _until_needed(self, utterance: _Utterance) -> None:
@@ -171,7 +171,13 @@ class TtsSession:
         request, rate = utterance.request, self._tts.sample_rate
         budget_s = self._settings.tts_max_audio_s
         pieces = split_for_speech(request.text, short_first=self._tts.short_first_piece)
-        for index, piece in enumerate(pieces):
+        index = -1
+        while (index := index + 1) < len(pieces):
+            if index == 1 and self._tts.short_first_piece and self._gate.waiting:
+                # Others wait for the model: the second piece is a phrase too, so it is ready before the
+                # short first piece has played (see sentences.lead_phrase).
+                pieces[1:2] = lead_phrase(pieces[1])
+            piece = pieces[index]
             # A piece cut mid-sentence would end in the engine's sentence-final silence, an odd pause in
             # the middle of a phrase: trim it. Only the trailing silence of each chunk is held back until the
             # next chunk shows it was not the last (waiting to know that before sending a chunk at all cost
@@ -179,12 +185,16 @@ class TtsSession:
             trim = index < len(pieces) - 1 and not piece.endswith(_PAUSE_PUNCTUATION)
             held: np.ndarray | None = None
             chunks = self._tts.synthesize(piece, request.voice_id, budget_s, _language(request))
+            first_call = True  # synthesizes the piece (Piper: all of it); the gate learns its time per character
             try:
                 while not utterance.cancelled:
                     await self._until_needed(utterance)
                     if utterance.cancelled:
                         break
-                    chunk = await self._gate.run(next, chunks, None, priority=self._priority(utterance, piece))
+                    chunk = await self._gate.run(
+                        next, chunks, None, priority=self._priority(utterance, piece), work=len(piece) * first_call
+                    )
+                    first_call = False
                     if chunk is None:
                         break
                     budget_s -= len(chunk) / rate

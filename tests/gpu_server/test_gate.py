@@ -4,6 +4,8 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from gpu_server.gate import BACKGROUND, URGENT, ModelGate
 
 
@@ -75,3 +77,14 @@ async def test_deadlines_are_served_earliest_first():
     release.set()
     await asyncio.gather(blocker, *waiting)
     assert order == [0.0, 1000.25, 1003.0, 1012.5]
+
+
+async def test_the_gate_learns_how_long_a_unit_of_work_takes():
+    """TTS orders pieces by their expected synthesis time: measured per character as the model is shared now,
+    not a constant from another machine."""
+    gate = ModelGate(1)
+    assert gate.expected_s(100, 0.007) == pytest.approx(0.7)  # nothing seen yet: the caller's default
+    for _ in range(12):
+        await gate.run(time.sleep, 0.05, work=10)  # 5 ms per unit
+    await gate.run(time.sleep, 0.05)  # no work given: not learned from
+    assert 0.45 <= gate.expected_s(100, 0.007) <= 0.6

@@ -44,6 +44,10 @@ class ModelGate:
 
     @property
     def waiting(self) -> int:
+        """Callers queued for a slot (TTS cuts shorter pieces while there are some)."""
+        return self._queued()
+
+    def _queued(self) -> int:
         return sum(1 for *_, fut in self._waiters if not fut.done())
 
     async def run(self, fn: Callable[..., T], *args: Any, priority: float = NORMAL, work: float = 0.0) -> T:
@@ -68,7 +72,7 @@ class ModelGate:
         return await asyncio.shield(call)
 
     async def _acquire(self, priority: float) -> None:
-        if self._free > 0 and not self.waiting:
+        if self._free > 0 and not self._queued():
             self._free -= 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

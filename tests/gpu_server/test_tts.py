@@ -287,9 +287,9 @@ class Recording(WrappedPiper):
     """The real Piper voice, whole texts as one piece (as for Chatterbox), recording the order in which the
     model is asked for each text's first chunk."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, *, short_first_piece: bool = False) -> None:
         super().__init__(engine)
-        self.short_first_piece = False
+        self.short_first_piece = short_first_piece
         self.order: list[str] = []
 
     def synthesize(self, text, voice_id, max_audio_s, language="en"):
@@ -349,3 +349,35 @@ async def test_a_reply_starts_without_queueing_for_the_model_when_its_voice_is_r
     """Piper's voice is always ready: ``start`` comes while the model is busy, not after a turn at it."""
     _, held = await replies_while_the_model_is_busy(engines, ["Okay."])
     assert held == [[protocol.TtsStart("r0", sample_rate=24000)]]
+
+
+class Busy(ModelGate):
+    """A real gate that reports other callers waiting for the model, as it does when replies start at once."""
+
+    waiting = 3
+
+
+@pytest.mark.parametrize("gate", [ModelGate, Busy])
+async def test_with_others_waiting_the_second_piece_is_a_phrase_too(engines: Engines, gate):
+    """A first piece of half a second needs its next audio within half a second: while the model is shared,
+    the second piece is cut at a phrase boundary; with the model free it stays a whole sentence."""
+    piper = Recording(engines.tts, short_first_piece=True)
+    finished = asyncio.Event()
+
+    async def emit(message: protocol.Message) -> None:
+        if isinstance(message, protocol.TtsDone):
+            finished.set()
+
+    async def emit_frame(data: bytes) -> None:
+        return None
+
+    session = TtsSession(
+        synthesizer=piper, gate=gate(2), settings=make_settings(), metrics=SpeechMetrics(), emit=emit,
+        emit_frame=emit_frame,
+    )
+    worker = session.run_worker()
+    await session.speak(protocol.Speak("x", "Sure, I can help you with that right away."))
+    await asyncio.wait_for(finished.wait(), 30)
+    worker.cancel()
+    rest = ["I can help you", "with that right away."] if gate is Busy else ["I can help you with that right away."]
+    assert piper.order == ["Sure,", *rest]

@@ -2,8 +2,8 @@
 
 Every blocking model call (Whisper, Piper, Chatterbox) goes through its engine's gate, which runs it in a
 worker thread so the event loop keeps serving sockets. Waiters are served by priority (lowest first), then
-arrival: a class (an STT final, a user waiting for the answer, overtakes queued partials) or a deadline
-(TTS asks with the time its listener would run out of audio, so the model serves the nearest gap first).
+arrival: a class (an STT final, a user waiting for the answer, overtakes queued partials) or a time (TTS asks
+with the latest time its piece can start and still be ready before its listener runs out of audio).
 A slot is held until the thread really finishes, even when the awaiting task is cancelled, so the cap holds
 under barge-in and disconnects.
 

@@ -8,9 +8,11 @@ Opus packets and sent as binary frames (``protocol.pack_frame``) between a ``sta
 Two tasks per utterance: a producer synthesizes into a frame queue, a sender takes frames off it paced by
 `pacing.Pacer` (at most ``tts_max_ahead_ms`` ahead of the listener's real time, after an initial burst of
 that size). The producer synthesizes a chunk only when the listener would otherwise hold less than
-``SYNTH_AHEAD_S``, and asks the gate with the time the listener would run dry as its priority: the model
-serves the connection closest to an audible gap first (earliest deadline first), so a new reply's first
-chunk overtakes replies that have audio in hand, and many concurrent replies all keep up.
+``SYNTH_AHEAD_S``, and asks the gate with a priority from the time the listener would run dry (see
+``_priority``): a playing reply's piece by the latest time it can start and still be ready then, a new
+reply's first piece (its listener has nothing yet) shortest first, so new replies overtake replies that have
+audio in hand unless one of those would otherwise fall silent. While others wait for the model the second
+piece is cut to a phrase (`sentences.lead_phrase`), so it is ready before a short first piece has played.
 
 Barge-in: ``cancel`` marks the utterance and wakes its sender, which stops before the next frame and sends
 ``done`` at once, without waiting for a synthesis call in flight (that one finishes in its thread, its

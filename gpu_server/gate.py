@@ -37,6 +37,17 @@ class ModelGate:
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._per_unit: float | None = None  # seconds per unit of work, moving average
+        self._idle = asyncio.Event()  # set while no call holds a slot
+        self._idle.set()
+
+    @property
+    def busy(self) -> bool:
+        """A call holds a slot."""
+        return not self._idle.is_set()
+
+    async def idle(self) -> None:
+        """Return once no call holds a slot (threads of abandoned calls included)."""
+        await self._idle.wait()
 
     def expected_s(self, work: float, default_per_unit: float) -> float:
         """How long a call with ``work`` units is expected to take (``default_per_unit`` until one is seen)."""
@@ -74,6 +85,7 @@ class ModelGate:
     async def _acquire(self, priority: float) -> None:
         if self._free > 0 and not self._queued():
             self._free -= 1
+            self._idle.clear()
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), fut))
@@ -91,3 +103,5 @@ class ModelGate:
                 fut.set_result(None)
                 return
         self._free += 1
+        if self._free == self.capacity:
+            self._idle.set()

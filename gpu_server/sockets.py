@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+IDLE_TRIM_WAIT_S = 30.0  # at most this long after the last close for abandoned synthesis to finish
 
 
 class ClientGone(Exception):
@@ -128,7 +129,9 @@ def _held(state: ServerState, claims: TokenClaims, outbox: Outbox) -> Iterator[N
 @contextlib.asynccontextmanager
 async def _counted(state: ServerState, kind: str) -> AsyncIterator[None]:
     """One open ``kind`` stream, in the admission count and the ``harper_{kind}_streams_active`` gauge.
-    When the last stream of the server closes, the memory its load freed goes back to the system."""
+    When the last stream of the server closes, the memory its load freed goes back to the system, and once
+    more after a TTS synthesis still running for a connection that went away has finished (it frees its
+    working memory only then)."""
     gauge = state.metrics.stt_streams_active if kind == "stt" else state.metrics.tts_streams_active
     state.streams[kind] += 1
     gauge.inc()
@@ -138,7 +141,19 @@ async def _counted(state: ServerState, kind: str) -> AsyncIterator[None]:
         state.streams[kind] -= 1
         gauge.dec()
         if not any(state.streams.values()):
-            await asyncio.shield(asyncio.to_thread(release_free_memory))
+            await asyncio.shield(_release_memory_when_idle(state))
+
+
+async def _release_memory_when_idle(state: ServerState) -> None:
+    await asyncio.to_thread(release_free_memory)
+    gate = state.tts_gate
+    if gate is None or not gate.busy:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(IDLE_TRIM_WAIT_S):
+            await gate.idle()
+            if not any(state.streams.values()):
+                await asyncio.to_thread(release_free_memory)
 
 
 async def _pump(

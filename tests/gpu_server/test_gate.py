@@ -88,3 +88,24 @@ async def test_the_gate_learns_how_long_a_unit_of_work_takes():
         await gate.run(time.sleep, 0.05, work=10)  # 5 ms per unit
     await gate.run(time.sleep, 0.05)  # no work given: not learned from
     assert 0.45 <= gate.expected_s(100, 0.007) <= 0.6
+
+
+async def test_idle_waits_for_the_thread_of_an_abandoned_call():
+    """When the last stream closes, the server gives freed memory back once more after abandoned synthesis
+    has finished: ``idle`` is when no call holds a slot, cancelled callers' threads included."""
+    gate = ModelGate(2)
+    assert not gate.busy
+    await asyncio.wait_for(gate.idle(), 1)
+    running = threading.Event()
+
+    def slow() -> None:
+        running.set()
+        time.sleep(0.3)
+
+    task = asyncio.create_task(gate.run(slow))
+    await asyncio.to_thread(running.wait, 5)
+    task.cancel()  # the caller went away; its thread goes on
+    assert gate.busy
+    started = time.monotonic()
+    await asyncio.wait_for(gate.idle(), 5)
+    assert time.monotonic() - started > 0.1 and not gate.busy

@@ -43,7 +43,7 @@ class ModelGate:
     @property
     def busy(self) -> bool:
         """A call holds a slot."""
-        return not self._idle.is_set()
+        return self._free < self.capacity
 
     async def idle(self) -> None:
         """Return once no call holds a slot (threads of abandoned calls included)."""

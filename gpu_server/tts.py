@@ -173,8 +173,8 @@ class TtsSession:
         request, rate = utterance.request, self._tts.sample_rate
         budget_s = self._settings.tts_max_audio_s
         pieces = split_for_speech(request.text, short_first=self._tts.short_first_piece)
-        index = -1
-        while (index := index + 1) < len(pieces):
+        index = 0
+        while index < len(pieces):
             if index == 1 and self._tts.short_first_piece and self._gate.waiting:
                 # Others wait for the model: the second piece is a phrase too, so it is ready before the
                 # short first piece has played (see sentences.lead_phrase).
@@ -187,16 +187,15 @@ class TtsSession:
             trim = index < len(pieces) - 1 and not piece.endswith(_PAUSE_PUNCTUATION)
             held: np.ndarray | None = None
             chunks = self._tts.synthesize(piece, request.voice_id, budget_s, _language(request))
-            first_call = True  # synthesizes the piece (Piper: all of it); the gate learns its time per character
+            work = float(len(piece))  # the first call synthesizes the piece (Piper: all of it): the gate learns
             try:
                 while not utterance.cancelled:
                     await self._until_needed(utterance)
                     if utterance.cancelled:
                         break
-                    chunk = await self._gate.run(
-                        next, chunks, None, priority=self._priority(utterance, piece), work=len(piece) * first_call
-                    )
-                    first_call = False
+                    priority = self._priority(utterance, piece)
+                    chunk = await self._gate.run(next, chunks, None, priority=priority, work=work)
+                    work = 0.0
                     if chunk is None:
                         break
                     budget_s -= len(chunk) / rate
@@ -215,6 +214,7 @@ class TtsSession:
                 yield held[: int(_KEEP_AFTER_S * rate)]
             if utterance.cancelled or utterance.capped:
                 return
+            index += 1
 
     async def _produce(self, utterance: _Utterance) -> None:
         """Synthesize into ``utterance.frames`` (Opus packets), waking the sender as they come."""

@@ -24,7 +24,7 @@ controller's demo and a companion server do. Every figure of the table at the en
    Spanish: espeak-ng sentences with language "es" on the multilingual Whisper base (bench/spanish.py).
 7. Server RSS: idle after start-up, right after the load, and after a few seconds idle (and the high-water mark).
 
-Usage: .venv/bin/python bench/speech.py [--rounds 3] [--quick]
+Usage: .venv/bin/python bench/speech.py [--rounds 3] [--tts-only --tts-rounds 10]   (--help: every option)
 """
 
 from __future__ import annotations
